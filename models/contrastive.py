@@ -1,0 +1,53 @@
+"""The gated contrastive model.
+
+    for each of the 2N views v (data plate, subsampled to the batch's 2B views):
+        m_v ~ prior                                   (per-dimension gate, site "gate", KL weight β)
+    factor("contrastive", −2N · mean_v loss(normalize(normalize(z_v) ⊙ m_v)))
+
+The contrastive factor couples the views of a batch (every view is every other view's negative), so it sits
+*outside* the plate and is scaled by hand from the batch mean to the 2N views of the dataset; inside the plate
+Pyro would treat it as per-view and drop the cross-view terms of score-function gradients.
+
+When the guide is reparameterised and the prior has a closed-form KL (the default pair), the gate sites' log
+densities are masked out and the guide adds the exact KL instead (see ``guides.amortized``): a Rao-Blackwellised,
+zero-variance estimate of the gate term of the ELBO.
+"""
+from __future__ import annotations
+
+import pyro
+import pyro.poutine as poutine
+import torch.nn as nn
+
+from pyro_ncl.batch import EncodedBatch, views_plate
+from pyro_ncl.ops import safe_normalize
+
+
+class ContrastiveModel(nn.Module):
+    def __init__(self, likelihood: nn.Module, prior: nn.Module | None = None, kl_weight: float = 1.0,
+                 analytic_kl: bool = True, per_view_gate: bool = True):
+        super().__init__()
+        self.likelihood = likelihood
+        self.prior = prior
+        self.kl_weight = kl_weight
+        self.analytic_kl = analytic_kl
+        self.per_view_gate = per_view_gate
+        self.last_stats = {}
+
+    def model(self, batch: EncodedBatch):
+        pyro.module("model", self)
+        z = safe_normalize(batch.z)
+        if self.prior is not None:
+            z = safe_normalize(z * self._gate(batch))
+        loss = self.likelihood(z, batch.labels)
+        self.last_stats = {"contrastive": loss.detach()}
+        pyro.factor("contrastive", -batch.dataset_views * loss)
+
+    def _gate(self, batch: EncodedBatch):
+        device, num_dims = batch.z.device, batch.z.shape[-1]
+        with poutine.scale(scale=self.kl_weight):
+            context = self.prior.sample_globals(device)
+            prior = self.prior.gate_dist(context, num_dims, device).to_event(1).mask(not self.analytic_kl)
+            if not self.per_view_gate:
+                return pyro.sample("gate", prior)
+            with views_plate(batch):
+                return pyro.sample("gate", prior)

@@ -1,0 +1,151 @@
+"""Every setting in one dataclass; the argparse parser and YAML presets are built from it.
+
+Precedence: dataclass defaults < ``--method`` preset (prior/guide/likelihood/non-negativity names) < ``--preset``
+YAML < flags given explicitly on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "presets"
+DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+# --method: a row of part names. Explicit --prior/--guide/--likelihood/--non-neg override it.
+METHODS: Dict[str, Dict[str, str]] = {
+    "cl": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="none"),
+    "ncl": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="relu"),
+    "bayesncl": dict(prior="bernoulli", guide="relaxed_st", likelihood="nt_xent", non_neg="relu"),
+}
+
+
+def _opt(help: str, **kw) -> Any:
+    """A dataclass field with its command-line help (and optional argparse extras in ``kw``)."""
+    default = kw.pop("default")
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = _opt("dataset name", default="fashion-mnist")
+    data_root: Optional[str] = _opt("dataset folder (default: the dataset's usual place, e.g. "
+                                    f"{DEFAULT_FASHION_MNIST_ROOT} for fashion-mnist)", default=None)
+    subset: Optional[int] = _opt("train on the first N training images only", default=None)
+    num_workers: int = _opt("data-loader worker processes (file-based datasets)", default=0)
+    # method: a preset of part names, each overridable
+    method: str = _opt("method preset: a row of (prior, guide, likelihood, non-negativity)", default="bayesncl")
+    prior: Optional[str] = _opt("gate prior (default: the method's)", default=None)
+    guide: Optional[str] = _opt("gate guide (default: the method's)", default=None)
+    likelihood: Optional[str] = _opt("contrastive likelihood (default: the method's)", default=None)
+    non_neg: Optional[str] = _opt("non-negativity of z (default: the method's)", default=None)
+    # encoder
+    backbone: str = _opt("backbone network", default="small_resnet")
+    width: int = _opt("base width of small_resnet (features = 8·width)", default=16)
+    cifar_stem: bool = _opt("torchvision ResNets: 3×3 stride-1 stem without max-pool (for 28–96 px)", default=True)
+    hidden_dim: int = _opt("hidden width of the projector and the gate head", default=512)
+    feature_dim: int = _opt("dimension K of z and of the gate", default=128)
+    # objective
+    temperature: float = _opt("NT-Xent temperature τ", default=0.2)
+    prior_prob: float = _opt("π of the Bernoulli gate prior (open probability)", default=0.8)
+    kl_weight: float = _opt("β: weight of the gate KL per view, relative to the mean contrastive loss",
+                            default=3e-5)
+    gate_temperature: float = _opt("temperature T of the relaxed gate sample", default=1.0)
+    gate_grad_to_backbone: bool = _opt("let gate-head gradients reach the backbone (authors: off)", default=False)
+    # optimisation
+    epochs: int = _opt("training epochs", default=5)
+    batch_size: int = _opt("images per batch (2× views)", default=256)
+    lr: float = _opt("SGD learning rate of the encoder", default=0.05)
+    gate_lr: float = _opt("SGD learning rate of the gate head", default=0.1)
+    momentum: float = _opt("SGD momentum", default=0.9)
+    weight_decay: float = _opt("SGD weight decay", default=1e-4)
+    warmup_epochs: float = _opt("linear warm-up length (epochs) before the cosine decay", default=0.5)
+    seed: int = _opt("random seed", default=0)
+    device: str = _opt("auto | cpu | cuda | cuda:N", default="auto")
+    # evaluation and output
+    probe_epochs: int = _opt("epochs of the linear probes at the end", default=30)
+    knn_k: int = _opt("neighbours of the kNN classifier", default=20)
+    eval_batch_size: int = _opt("batch size for feature extraction", default=1024)
+    log_every: int = _opt("write a CSV log row every N steps", default=10)
+    out: str = _opt("output folder of the run", default="runs/default")
+    overwrite: bool = _opt("replace the outputs of an earlier run in --out", default=False)
+
+    def resolved(self) -> "Config":
+        """Fill prior/guide/likelihood/non_neg from the method preset where not given."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; expected one of: {', '.join(sorted(METHODS))}")
+        parts = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in METHODS[self.method].items()}
+        return dataclasses.replace(self, **parts)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = {f.name for f in fields(Config)}
+
+
+def load_preset(name_or_path: str) -> Dict[str, Any]:
+    """A YAML preset by name (``experiments/presets/NAME.yaml``) or path; keys are Config field names."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ValueError(f"preset {name_or_path!r} not found at {path}; known presets: {', '.join(known) or 'none'}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"preset {path} does not parse as YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"preset {path} must be a mapping of setting: value, got {type(values).__name__}")
+    unknown = sorted(set(values) - FIELD_NAMES - {"description"})
+    if unknown:
+        raise ValueError(f"preset {path} has unknown settings: {', '.join(unknown)}")
+    values.pop("description", None)
+    return values
+
+
+def build_parser(choices: Optional[Dict[str, list]] = None, description: str = "") -> argparse.ArgumentParser:
+    """argparse from the Config fields: ``--kebab-case`` flags, booleans as ``--flag/--no-flag``; ``choices`` maps
+    field names to the registered names listed in ``--help``. Defaults are None so that explicit flags are known."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", default=None, help="YAML of settings from experiments/presets/ (name or path)")
+    choices = choices or {}
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if f.name in choices:
+            help_text += f"; one of: {', '.join(choices[f.name])}"
+        help_text += f" (default: {f.default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+            parser.add_argument(flag, type=kind, default=None, help=help_text, metavar=f.name.upper())
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults < preset < explicit flags."""
+    values: Dict[str, Any] = {}
+    if getattr(args, "preset", None):
+        values.update(load_preset(args.preset))
+    values.update({k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None})
+    return Config(**values)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.write_text(json.dumps(config.to_dict(), indent=2))
+
+
+def fail(message: str, code: int = 2) -> None:
+    """A one-line error on stderr and exit status 2: for bad input, never a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,115 @@
+"""The data interface every dataset provides, and the in-memory implementation for small image sets.
+
+A dataset factory ``DATASETS[name](root=None, subset=None, **options)`` returns a ``DataBundle``:
+    ``num_train``, ``num_classes``, ``in_channels``, ``image_size``
+    ``steps_per_epoch(batch_size)``
+    ``train_batches(batch_size, epoch, seed, device, start_step=0)`` → iterator of (x1, x2, y, index): two
+        augmented, normalised views [B, C, S, S] on ``device``, labels [B] and dataset indices [B]; the order and
+        the views depend only on (seed, epoch, step), so a resumed run sees the same batches;
+    ``eval_batches(split, batch_size, device)`` → iterator of (x, y), split "train" or "test", no augmentation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+
+from pyro_ncl.data.augment import BatchAugment
+from pyro_ncl.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+
+
+class DatasetNotFound(FileNotFoundError):
+    """The data are missing; the message says where we looked and how to get them."""
+
+
+def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """A CPU generator determined by (seed, epoch, step): batches are reproducible and resumable."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + step) % (2 ** 63))
+
+
+def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(num_items, generator=step_generator(seed, epoch, -1))
+
+
+def check_subset(subset: Optional[int], available: int, name: str) -> int:
+    if subset is None:
+        return available
+    if subset < 2:
+        raise ValueError(f"--subset must be at least 2 images, got {subset}")
+    if subset > available:
+        raise ValueError(f"--subset {subset} is larger than the {available} training images of {name}")
+    return subset
+
+
+@dataclass
+class ImageTensors:
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+
+class DataBundle:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    num_train: int
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        if batch_size < 2:
+            raise ValueError(f"--batch-size must be at least 2 (each image's views need negatives), got {batch_size}")
+        if batch_size > self.num_train:
+            raise ValueError(f"--batch-size {batch_size} is larger than the {self.num_train} training images")
+        return self.num_train // batch_size
+
+    def train_batches(self, batch_size: int, epoch: int, seed: int, device, start_step: int = 0) -> Iterator:
+        raise NotImplementedError
+
+    def eval_batches(self, split: str, batch_size: int, device) -> Iterator:
+        raise NotImplementedError
+
+
+class InMemoryData(DataBundle):
+    """Images held as one uint8 tensor; views made by ``BatchAugment`` on the training device."""
+
+    def __init__(self, name: str, train: ImageTensors, test: ImageTensors, num_classes: int,
+                 mean: Sequence[float], std: Sequence[float], subset: Optional[int] = None,
+                 augment: Optional[BatchAugment] = None):
+        self.name, self.num_classes = name, num_classes
+        n = check_subset(subset, train.images.shape[0], name)
+        self.train = ImageTensors(train.images[:n], train.labels[:n])
+        self.test = test
+        self.in_channels, self.image_size = train.images.shape[1], train.images.shape[-1]
+        self.num_train = n
+        self.augment = augment or BatchAugment(self.image_size)
+        self._mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(std).view(1, -1, 1, 1)
+        self._device_cache = {}
+
+    def _on(self, split: str, device) -> ImageTensors:
+        key = (split, str(device))
+        if key not in self._device_cache:
+            data = getattr(self, split)
+            self._device_cache[key] = ImageTensors(data.images.to(device), data.labels.to(device))
+        return self._device_cache[key]
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._mean.to(x.device)) / self._std.to(x.device)
+
+    def train_batches(self, batch_size, epoch, seed, device, start_step=0):
+        data = self._on("train", device)
+        order = epoch_permutation(self.num_train, seed, epoch)
+        for step in range(start_step, self.steps_per_epoch(batch_size)):
+            index = order[step * batch_size:(step + 1) * batch_size].to(device)
+            x = data.images[index].float().div_(255)
+            gen = step_generator(seed, epoch, step)
+            yield (self._normalise(self.augment(x, gen)), self._normalise(self.augment(x, gen)),
+                   data.labels[index], index)
+
+    def eval_batches(self, split, batch_size, device):
+        data = self._on(split, device)
+        for start in range(0, data.images.shape[0], batch_size):
+            x = data.images[start:start + batch_size].float().div_(255)
+            yield self._normalise(x), data.labels[start:start + batch_size]

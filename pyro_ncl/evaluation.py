@@ -1,0 +1,54 @@
+"""End-of-run evaluation on the test split, with the network in eval mode (BatchNorm statistics frozen).
+
+Features: h (frozen backbone) and the method's features (the gated normalised z with the test-time hard gate for
+gated methods, the normalised z otherwise). Linear probes are trained on the train split's features, without
+augmentation, and scored on the test split.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from pyro_ncl.data.base import DataBundle
+from pyro_ncl.metrics import active_dims, semantic_consistency, sparsity
+from pyro_ncl.probes import knn_accuracy, linear_probe
+from pyro_ncl.system import ContrastiveSystem
+
+
+@torch.no_grad()
+def extract(system: ContrastiveSystem, data: DataBundle, split: str, batch_size: int, device) -> Dict[str, torch.Tensor]:
+    """Concatenated ``system.features`` of a split (plus labels ``y``), on the CPU."""
+    was_training = system.training
+    system.eval()
+    parts: Dict[str, list] = {}
+    try:
+        for x, y in data.eval_batches(split, batch_size, device):
+            out = system.features(x)
+            out["y"] = y
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value.cpu())
+    finally:
+        system.train(was_training)
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+def evaluate(system: ContrastiveSystem, data: DataBundle, *, batch_size: int, device, probe_epochs: int = 30,
+             knn_k: int = 20, seed: int = 0) -> Dict[str, float]:
+    train, test = extract(system, data, "train", batch_size, device), extract(system, data, "test", batch_size, device)
+    feats_train, feats_test = train["features"], test["features"]
+    metrics = {
+        "linear_probe_backbone": linear_probe(train["h"], train["y"], test["h"], test["y"], data.num_classes,
+                                              epochs=probe_epochs, seed=seed, device=device),
+        "linear_probe_features": linear_probe(feats_train, train["y"], feats_test, test["y"], data.num_classes,
+                                              epochs=probe_epochs, seed=seed, device=device),
+        "knn_accuracy": knn_accuracy(feats_train, train["y"], feats_test, test["y"], k=knn_k,
+                                     num_classes=data.num_classes),
+        "semantic_consistency": semantic_consistency(feats_test, test["y"], data.num_classes),
+        "sparsity": sparsity(feats_test),
+        "active_dims": int(active_dims(feats_test)),
+        "feature_dim": int(feats_test.shape[1]),
+    }
+    if "gate" in test:
+        metrics["open_gates"] = float(test["gate"].mean())
+    return {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}

@@ -1,0 +1,14 @@
+"""Contrastive likelihoods: modules mapping features of 2B views to a loss (the negative log-likelihood term).
+
+Contract of every likelihood ``lik``:
+    ``lik(z, labels)`` with z [2B, K] (row i and row i + B are the two views of image i; the model has already
+    normalised and gated them) and labels [B] or None → a scalar: the loss averaged over the 2B views.
+    ``lik.requires_labels`` says whether labels are needed (supervised objectives).
+A new likelihood is one module in this package and one ``LIKELIHOODS.register`` line; its factory takes
+``(feature_dim, config)``.
+"""
+from pyro_ncl.registry import Registry
+
+LIKELIHOODS: Registry = Registry("likelihood")
+
+from pyro_ncl.likelihoods.nt_xent import NTXent, nt_xent  # noqa: E402,F401

@@ -1,0 +1,33 @@
+"""Figures written by runs (matplotlib, Agg backend: no screen needed)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_loss_curve(log_csv: Path, out_png: Path) -> None:
+    """Loss per view against the step, with the contrastive term and the gate KL where logged."""
+    with open(log_csv) as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key in ("loss", "contrastive"):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        if len(values) == len(steps):
+            axes[0].plot(steps, values, label=key)
+    axes[0].set(xlabel="step", ylabel="per view", title="negative ELBO per view")
+    axes[0].legend()
+    kl = [float(r["gate_kl"]) for r in rows if r.get("gate_kl")]
+    if len(kl) == len(steps):
+        axes[1].plot(steps, kl, color="C2")
+        axes[1].set(xlabel="step", ylabel="nats per view", title="gate KL(q ‖ p)")
+    else:
+        axes[1].axis("off")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

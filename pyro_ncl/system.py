@@ -1,0 +1,90 @@
+"""Assemble a method from its parts: encoder, prior, guide, likelihood (all chosen by registry name)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from guides import GUIDES
+from models import PRIORS, ContrastiveModel
+from pyro_ncl.batch import EncodedBatch
+from pyro_ncl.config import Config
+from pyro_ncl.encoders import Encoder, build_encoder
+from pyro_ncl.likelihoods import LIKELIHOODS
+from pyro_ncl.ops import safe_normalize
+
+
+def check_parts(config: Config) -> None:
+    """Refuse a combination of parts that makes no sense, naming the conflict."""
+    for registry, name in ((PRIORS, config.prior), (GUIDES, config.guide), (LIKELIHOODS, config.likelihood)):
+        registry[name]  # raises the one-line error for an unknown name
+    if (config.prior == "none") != (config.guide == "none"):
+        raise ValueError(f"--prior {config.prior} with --guide {config.guide}: a gate needs both a prior and a guide "
+                         f"(or neither, for the ungated methods cl/ncl)")
+    for name, value in (("temperature", config.temperature), ("gate-temperature", config.gate_temperature)):
+        if value <= 0:
+            raise ValueError(f"--{name} must be > 0, got {value}")
+    if config.feature_dim < 1:
+        raise ValueError(f"--feature-dim must be at least 1, got {config.feature_dim}")
+    if config.kl_weight < 0:
+        raise ValueError(f"--kl-weight must be >= 0, got {config.kl_weight}")
+
+
+class ContrastiveSystem(nn.Module):
+    """Encoder + Pyro model + Pyro guide. ``encode`` runs the encoder once on both views; ``model.model`` and
+    ``guide.guide`` then read the shared ``EncodedBatch``."""
+
+    def __init__(self, encoder: Encoder, model: ContrastiveModel, guide: nn.Module):
+        super().__init__()
+        self.encoder, self.model, self.guide = encoder, model, guide
+
+    @property
+    def gated(self) -> bool:
+        return self.model.prior is not None
+
+    def encode(self, x1, x2, index, num_images: int, labels=None) -> EncodedBatch:
+        h, z = self.encoder(torch.cat([x1, x2]))
+        return EncodedBatch(h=h, z=z, index=index, num_images=num_images, labels=labels)
+
+    def step_stats(self) -> Dict[str, float]:
+        """The last step's diagnostics (contrastive loss, gate KL per view, open-gate fraction) as floats."""
+        stats = {**self.model.last_stats, **getattr(self.guide, "last_stats", {})}
+        return {k: float(v) for k, v in stats.items()}
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """x [N, C, H, W] → h [N, F], z [N, K] (normalised), features [N, K] (the method's: the gated normalised
+        z with the test-time hard gate 1[logit > 0] for gated methods, normalised z otherwise), gate [N, K]."""
+        h, z = self.encoder(x)
+        z = safe_normalize(z.float())
+        out = {"h": h.float(), "z": z, "features": z}
+        if self.gated:
+            gate = self.guide.mode(h.float())
+            out.update(gate=gate, features=safe_normalize(z * gate))
+        return out
+
+    def parameter_groups(self, lr: float, gate_lr: float, weight_decay: float) -> List[dict]:
+        """Encoder and model (likelihood, prior) parameters at ``lr``; the guide's own (gate head) at ``gate_lr``."""
+        groups, seen = [], set()
+        for module, group_lr in ((self.encoder, lr), (self.guide, gate_lr), (self.model, lr)):
+            params = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in params)
+            if params:
+                groups.append(dict(params=params, lr=group_lr, weight_decay=weight_decay))
+        return groups
+
+
+def build_system(config: Config, in_channels: int, device: Optional[torch.device] = None) -> ContrastiveSystem:
+    """``config`` must be resolved (``Config.resolved``)."""
+    check_parts(config)
+    encoder = build_encoder(config.backbone, in_channels, config.width, config.cifar_stem, config.hidden_dim,
+                            config.feature_dim, config.non_neg)
+    prior = PRIORS[config.prior](config.feature_dim, config)
+    guide = GUIDES[config.guide](encoder, prior, config)
+    likelihood = LIKELIHOODS[config.likelihood](config.feature_dim, config)
+    model = ContrastiveModel(likelihood, prior, kl_weight=config.kl_weight,
+                             analytic_kl=getattr(guide, "analytic_kl", True),
+                             per_view_gate=guide.per_view_gate)
+    system = ContrastiveSystem(encoder, model, guide)
+    return system.to(device) if device is not None else system

@@ -1,0 +1,121 @@
+"""The SVI loop: TraceGraph_ELBO.loss_and_grads on the shared encoded batch, then a plain torch SGD step with a
+linear warm-up + cosine schedule. Nothing here is method-specific."""
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import TraceGraph_ELBO
+from tqdm import tqdm
+
+from pyro_ncl.batch import EncodedBatch
+from pyro_ncl.checkpoint import save_atomic
+from pyro_ncl.config import Config
+from pyro_ncl.data.base import DataBundle
+from pyro_ncl.system import ContrastiveSystem
+
+LOG_FIELDS = ["step", "epoch", "loss", "contrastive", "gate_kl", "open_gates", "lr", "images_per_s"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA but no GPU is available; use --device cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at a step: linear from 0 over the warm-up, then cosine to 0."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class SVITrainer:
+    """One SVI step: encode both views once, ``loss_and_grads`` of the model/guide scaled to a per-view objective
+    (the ELBO divided by the 2N views of the dataset), an optimiser step and a schedule step."""
+
+    def __init__(self, system: ContrastiveSystem, config: Config, steps_per_epoch: int):
+        self.system, self.config = system, config
+        self.elbo = TraceGraph_ELBO()
+        self.optimizer = torch.optim.SGD(system.parameter_groups(config.lr, config.gate_lr, config.weight_decay),
+                                         momentum=config.momentum)
+        total = config.epochs * steps_per_epoch
+        warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup))
+        self.step_count = 0
+
+    def objective(self, batch: EncodedBatch):
+        """Model and guide scaled by 1/(2N): the loss is the negative ELBO per view of the dataset."""
+        scale = 1.0 / batch.dataset_views
+        return poutine.scale(self.system.model.model, scale), poutine.scale(self.system.guide.guide, scale)
+
+    def step(self, x1, x2, y, index, num_images: int) -> float:
+        self.system.train()
+        batch = self.system.encode(x1, x2, index, num_images, y)
+        model, guide = self.objective(batch)
+        loss = self.elbo.loss_and_grads(model, guide, batch)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"the objective became {loss} at step {self.step_count}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step_count += 1
+        return loss
+
+
+def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: Path,
+          device: torch.device, progress: bool = True) -> Dict[str, float]:
+    """Train for ``config.epochs``; write ``log.csv`` (a row every ``log_every`` steps) and ``checkpoint.pt``
+    (each epoch's end). Returns a summary with the wall time."""
+    steps_per_epoch = data.steps_per_epoch(config.batch_size)
+    trainer = SVITrainer(system, config, steps_per_epoch)
+    start = time.perf_counter()
+    with open(out_dir / "log.csv", "w", newline="") as log_file:
+        log = csv.DictWriter(log_file, LOG_FIELDS)
+        log.writeheader()
+        for epoch in range(config.epochs):
+            batches = data.train_batches(config.batch_size, epoch, config.seed, device)
+            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not progress, leave=False)
+            tick = time.perf_counter()
+            for x1, x2, y, index in bar:
+                loss = trainer.step(x1, x2, y, index, data.num_train)
+                if trainer.step_count % config.log_every == 0 or trainer.step_count == 1:
+                    now = time.perf_counter()
+                    stats = system.step_stats()
+                    row = dict(step=trainer.step_count, epoch=epoch, loss=loss, lr=trainer.scheduler.get_last_lr()[0],
+                               images_per_s=config.batch_size * (config.log_every if trainer.step_count > 1 else 1)
+                               / max(now - tick, 1e-9), **stats)
+                    log.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+                    log_file.flush()
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                    tick = now
+            save_atomic(dict(system=system.state_dict(), optimizer=trainer.optimizer.state_dict(),
+                             scheduler=trainer.scheduler.state_dict(), step=trainer.step_count, epoch=epoch + 1,
+                             config=config.to_dict()), out_dir / "checkpoint.pt")
+    return dict(train_seconds=time.perf_counter() - start, steps=trainer.step_count)

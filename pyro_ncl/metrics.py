@@ -307,7 +307,7 @@ def retrieval_precision(train_F: torch.Tensor, test_F: torch.Tensor, test_y: tor
     if not ps or min(ps) < 1 or max(ps) > test_F.shape[0] - 1:
         raise ValueError(f"each p must lie in [1, {test_F.shape[0] - 1}], got {tuple(ps)}")
     if importance is None:
-        importance = dimension_importance(train_F, chunk=max(chunk, CHUNK))
+        importance = dimension_importance(train_F)
     importance = importance.to(test_F.device)
     y = test_y.to(test_F.device)
     out = {}

@@ -57,10 +57,10 @@ def prepare_out_dir(config: Config) -> Path:
 def main(args) -> dict:
     config = config_from_args(args).resolved()
     device = resolve_device(config.device)
-    data = load_dataset(config.dataset, config.data_root, subset=config.subset)
+    data = load_dataset(config.dataset, config.data_root, subset=config.subset, num_workers=config.num_workers)
     data.steps_per_epoch(config.batch_size)  # validates the batch size before anything is written
     seed_everything(config.seed)
-    system = build_system(config, data.in_channels, device)
+    system = build_system(config, data.in_channels, data.num_classes, device)
     out = prepare_out_dir(config)
     save_config(config, out / "config.json")
     print(f"{config.method}: prior={config.prior} guide={config.guide} likelihood={config.likelihood} "

@@ -50,7 +50,8 @@ def load_idx_split(root: Path, split: str, name: str) -> ImageTensors:
 
 
 def _idx_dataset(name: str):
-    def build(root=None, **options) -> InMemoryData:
+    def build(root=None, num_workers: int = 0, **options) -> InMemoryData:
+        """``num_workers`` is accepted for a uniform interface: in-memory data need no workers."""
         folder = Path(root or DEFAULT_ROOTS[name])
         if not folder.is_dir():
             raise DatasetNotFound(f"{name} not found: {folder} is not a folder; {HOW_TO_GET[name]}, or pass --data-root")

@@ -1,0 +1,239 @@
+"""File-based image datasets: ``FolderData`` decodes images with a torch ``DataLoader`` and per-sample transforms.
+
+Reproducibility: the batch order of an epoch is ``epoch_permutation(num_train, seed, epoch)`` and the two views of
+the image at position p of that order come from torch's RNG seeded with ``sample_seed(seed, epoch, p)`` inside a
+``torch.random.fork_rng()`` block, so batches depend only on (seed, epoch, step): not on ``num_workers``, on the
+worker that decodes an image, or on where a resumed run starts.
+
+Unreadable images raise ``ImageReadError("cannot read image PATH: REASON")`` when first read; with
+``skip_bad_images=True`` every image is decoded once at construction and the bad ones are left out and counted
+(``num_skipped``, plus one warning line).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import default_collate
+
+from pyro_ncl.data.base import DataBundle, check_subset, epoch_permutation
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+Samples = List[Tuple[str, int]]  # (image path, label)
+
+
+class ImageReadError(ValueError):
+    """An image file that PIL cannot decode; the message names the file."""
+
+
+def reject_options(name: str, options: dict) -> None:
+    """One-line ValueError for options a dataset factory does not know."""
+    if options:
+        raise ValueError(f"unknown option(s) for dataset {name}: {', '.join(sorted(options))}")
+
+
+def check_num_workers(num_workers) -> int:
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        raise ValueError(f"--num-workers must be an integer >= 0, got {num_workers!r}")
+    return num_workers
+
+
+def image_files(folder: Path) -> List[Path]:
+    """The image files directly inside ``folder`` (by extension, case-insensitive), sorted by name."""
+    with os.scandir(folder) as entries:
+        return sorted(Path(e.path) for e in entries
+                      if e.is_file() and os.path.splitext(e.name)[1].lower() in IMG_EXTENSIONS)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image to RGB; any PIL/OS failure becomes a one-line ``ImageReadError`` naming the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageReadError(f"cannot read image {path}: {reason}") from None
+
+
+def _check_one(path: str) -> Optional[str]:
+    """None if ``path`` decodes fully (JPEGs decoded at reduced scale: fast, still reads the whole stream)."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))
+            img.load()
+        return None
+    except Exception as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def find_bad_images(paths: Sequence[str], threads: Optional[int] = None) -> List[Tuple[str, str]]:
+    """(path, reason) of every image in ``paths`` that cannot be decoded (decoded in a thread pool)."""
+    with ThreadPoolExecutor(threads or min(16, (os.cpu_count() or 1) * 2)) as pool:
+        reasons = list(pool.map(_check_one, paths))
+    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for the transforms of the image at ``position`` of epoch ``epoch``'s order."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _Failed(NamedTuple):
+    """Returned instead of a sample when decoding fails, so that the error crosses worker processes intact."""
+    message: str
+
+
+def _collate(items):
+    failed = [item for item in items if isinstance(item, _Failed)]
+    return failed[0] if failed else default_collate(items)
+
+
+class _TwoViews(Dataset):
+    """item (index, transform seed) → (view1 [C,S,S], view2 [C,S,S], label, index)."""
+
+    def __init__(self, samples: Samples, transform: Callable):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, item):
+        index, key = item
+        path, label = self.samples[index]
+        try:
+            img = load_rgb(path)
+        except ImageReadError as err:
+            return _Failed(str(err))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key)
+            return self.transform(img), self.transform(img), label, index
+
+
+class _Plain(Dataset):
+    """index → (image [C,S,S], label), the evaluation transform."""
+
+    def __init__(self, samples: Samples, transform: Callable):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        try:
+            return self.transform(load_rgb(path)), label
+        except ImageReadError as err:
+            return _Failed(str(err))
+
+
+class _EpochBatches(Sampler):
+    """Batches of (index, transform seed) for steps start_step.. of one epoch; set ``seed/epoch/start_step``
+    before each pass (the sampler runs in the main process, so persistent workers see the new state)."""
+
+    def __init__(self, num_items: int, batch_size: int):
+        self.num_items, self.batch_size = num_items, batch_size
+        self.seed = self.epoch = self.start_step = 0
+
+    def __len__(self):
+        return max(0, self.num_items // self.batch_size - self.start_step)
+
+    def __iter__(self):
+        order = epoch_permutation(self.num_items, self.seed, self.epoch).tolist()
+        b = self.batch_size
+        batches = [[(order[p], sample_seed(self.seed, self.epoch, p)) for p in range(s * b, (s + 1) * b)]
+                   for s in range(self.start_step, self.num_items // b)]
+        return iter(batches)
+
+
+def _unwrap(batch):
+    if isinstance(batch, _Failed):
+        raise ImageReadError(batch.message)
+    return batch
+
+
+def spread_subset(samples: Samples, n: int) -> Samples:
+    """A fixed random choice of ``n`` samples (kept in their order), so that a subset spans all classes."""
+    if n >= len(samples):
+        return list(samples)
+    keep = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return [samples[i] for i in keep.tolist()]
+
+
+class FolderData(DataBundle):
+    """Images read from files. ``train_samples``/``test_samples``: lists of (path, label). ``train_transform``
+    maps a PIL image to one normalised view [C, S, S] (drawing from torch's global RNG); ``eval_transform``
+    maps it to [C, S, S] deterministically. ``subset``: a fixed random choice of that many training images.
+    One pass (train or eval) at a time per batch size: the DataLoaders are cached and their workers persist."""
+
+    def __init__(self, name: str, train_samples: Samples, test_samples: Samples, num_classes: int,
+                 train_transform: Callable, eval_transform: Callable, image_size: int, subset: Optional[int] = None,
+                 num_workers: int = 0, skip_bad_images: bool = False, in_channels: int = 3):
+        self.name, self.num_classes, self.image_size, self.in_channels = name, num_classes, image_size, in_channels
+        self.num_workers = check_num_workers(num_workers)
+        self.num_skipped = 0
+        if skip_bad_images:
+            train_samples, test_samples = self._drop_bad(train_samples, test_samples)
+        n = check_subset(subset, len(train_samples), name)
+        self.train_samples, self.test_samples = spread_subset(train_samples, n), list(test_samples)
+        self.num_train = n
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self._loaders: Dict[tuple, DataLoader] = {}
+
+    def _drop_bad(self, train: Samples, test: Samples) -> Tuple[Samples, Samples]:
+        bad = dict(find_bad_images([p for p, _ in train] + [p for p, _ in test]))
+        self.num_skipped = len(bad)
+        if bad:
+            first, reason = next(iter(bad.items()))
+            warnings.warn(f"{self.name}: skipped {len(bad)} unreadable image(s) of {len(train) + len(test)} "
+                          f"(first: {first}: {reason})", stacklevel=4)
+        return [s for s in train if s[0] not in bad], [s for s in test if s[0] not in bad]
+
+    def _loader(self, kind: str, batch_size: int, device) -> DataLoader:
+        pin = torch.device(device).type == "cuda"
+        key = (kind, batch_size, pin)
+        if key not in self._loaders:
+            common = dict(num_workers=self.num_workers, pin_memory=pin, collate_fn=_collate,
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(0))  # leaves torch's global RNG alone
+            if kind == "train":
+                dataset = _TwoViews(self.train_samples, self.train_transform)
+                loader = DataLoader(dataset, batch_sampler=_EpochBatches(self.num_train, batch_size), **common)
+            else:
+                samples = self.train_samples if kind == "eval-train" else self.test_samples
+                loader = DataLoader(_Plain(samples, self.eval_transform), batch_size=batch_size, shuffle=False,
+                                    **common)
+            self._loaders[key] = loader
+        return self._loaders[key]
+
+    def train_batches(self, batch_size, epoch, seed, device, start_step=0) -> Iterator:
+        """(x1 [B,C,S,S], x2 [B,C,S,S], y [B], index [B]) for steps start_step..steps_per_epoch-1."""
+        self.steps_per_epoch(batch_size)
+        loader = self._loader("train", batch_size, device)
+        sampler = loader.batch_sampler
+        sampler.seed, sampler.epoch, sampler.start_step = seed, epoch, start_step
+        for batch in loader:
+            x1, x2, y, index = _unwrap(batch)
+            yield (x1.to(device, non_blocking=True), x2.to(device, non_blocking=True),
+                   y.to(device, non_blocking=True), index.to(device, non_blocking=True))
+
+    def eval_batches(self, split, batch_size, device) -> Iterator:
+        """(x [B,C,S,S], y [B]) over the split in file order (train: the training images in use)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if batch_size < 1:
+            raise ValueError(f"eval batch size must be at least 1, got {batch_size}")
+        for batch in self._loader(f"eval-{split}", batch_size, device):
+            x, y = _unwrap(batch)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def close(self) -> None:
+        """Drop the cached DataLoaders (their worker processes exit)."""
+        self._loaders.clear()

@@ -1,0 +1,84 @@
+"""ImageNet-100 (``imagenet100``): the CMC list of 100 ImageNet-1k classes, read from files with ``FolderData``.
+
+``root`` holds ``train/`` and ``val/`` in ImageFolder layout (``train/<wnid>/*.JPEG``): either a prepared folder of
+the 100 classes or a full ImageNet-1k root, filtered to the listed classes without copying. Label = position of the
+wnid in ``imagenet100_classes.txt`` (shipped with the package), so train and val labels agree.
+
+Options: ``image_size`` (224; train crop size, eval resize = size·256/224), ``num_workers`` (0),
+``skip_bad_images`` (False). The authors' augmentations are scaled with ``image_size`` (blur kernel and sigma).
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+import torchvision.transforms.v2 as T
+
+from pyro_ncl.data.base import DATASETS, DatasetNotFound
+from pyro_ncl.data.folder import FolderData, Samples, image_files, reject_options
+
+NAME = "imagenet100"
+DEFAULT_ROOT = "data/imagenet100"
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+HOW_TO_GET = ("pass --data-root pointing at an ImageNet-100 folder or a full ImageNet-1k root, "
+              "each with train/ and val/ holding one folder per wnid (train/<wnid>/*.JPEG)")
+
+
+def imagenet100_classes() -> List[str]:
+    """The 100 wnids in label order."""
+    text = resources.files("pyro_ncl.data").joinpath("imagenet100_classes.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def find_split(root: Path, split: str, wnids: List[str]) -> Samples:
+    """(path, label) of every image of the listed classes in ``root/split``; other class folders are ignored."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DatasetNotFound(f"{NAME}: no {split} folder at {folder}; {HOW_TO_GET}")
+    missing = [w for w in wnids if not (folder / w).is_dir()]
+    if missing:
+        unsorted = not any(p.is_dir() for p in folder.iterdir()) and image_files(folder)
+        flat = " (its images are not in class folders: sort them by wnid, e.g. with valprep.sh)" if unsorted else ""
+        raise DatasetNotFound(f"{NAME}: class {missing[0]} missing from {folder} "
+                              f"({len(missing)} of {len(wnids)} classes missing){flat}; {HOW_TO_GET}")
+    samples: Samples = []
+    for label, wnid in enumerate(wnids):
+        files = image_files(folder / wnid)
+        if not files:
+            raise DatasetNotFound(f"{NAME}: class folder {folder / wnid} holds no images; {HOW_TO_GET}")
+        samples.extend((str(p), label) for p in files)
+    return samples
+
+
+def imagenet_transforms(image_size: int = 224) -> Tuple[T.Compose, T.Compose]:
+    """(train, eval) transforms PIL → normalised float [3, S, S]; the authors' recipe at 224 px, scaled to S."""
+    scale = image_size / 224
+    kernel = max(3, int(round(23 * scale)) // 2 * 2 + 1)
+    tail = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)]
+    train = T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1 * scale, 2.0 * scale))], p=0.5),
+        *tail])
+    eval_ = T.Compose([T.Resize(int(round(image_size * 256 / 224)), antialias=True), T.CenterCrop(image_size), *tail])
+    return train, eval_
+
+
+@DATASETS.register(NAME)
+def imagenet100(root=None, subset=None, image_size: int = 224, num_workers: int = 0,
+                skip_bad_images: bool = False, **options) -> FolderData:
+    reject_options(NAME, options)
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer >= 8 pixels, got {image_size!r}")
+    folder = Path(root or DEFAULT_ROOT)
+    if not folder.is_dir():
+        raise DatasetNotFound(f"{NAME} not found: {folder} is not a folder; {HOW_TO_GET}")
+    wnids = imagenet100_classes()
+    train, test = find_split(folder, "train", wnids), find_split(folder, "val", wnids)
+    train_t, eval_t = imagenet_transforms(image_size)
+    return FolderData(NAME, train, test, len(wnids), train_t, eval_t, image_size, subset=subset,
+                      num_workers=num_workers, skip_bad_images=skip_bad_images)

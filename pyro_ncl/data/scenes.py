@@ -1,0 +1,185 @@
+"""Composed-background benchmark (``scenes``): a Fashion-MNIST item pasted on a procedural background, RGB 32 px.
+
+Every image is made deterministically from ``seed`` (in chunks of ``CHUNK`` images, each with its own generators,
+so image i is the same whatever ``subset``): a background of one of ``num_backgrounds`` types shared by all classes
+(stripes at an angle, checkerboard, smooth gradient, blob noise, rings; random frequency, phase and two colours),
+then the 28 px item at a random position, blended with its intensity as alpha in a random colour.
+Nothing is written to disk.
+
+Labels: ``labels`` (the item's class) and ``background_labels`` (the background type), exposed as
+``bundle.train_background`` / ``bundle.test_background`` aligned with ``eval_batches``. The background type is
+drawn from its own generator: with probability ``spurious_correlation`` it is the class's own type
+(class % num_backgrounds), otherwise uniform. ``test_spurious_correlation`` (default 0: test backgrounds
+independent of the class) does the same for the test split.
+
+Options: ``seed`` (0), ``spurious_correlation`` (0.0), ``test_spurious_correlation`` (0.0), ``num_backgrounds``
+(5, from 2 to 5), ``num_workers`` (ignored). ``root``: the Fashion-MNIST IDX folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from pyro_ncl.data.base import DATASETS, DatasetNotFound, ImageTensors, InMemoryData, check_subset
+from pyro_ncl.data.cifar import cifar_augment
+from pyro_ncl.data.folder import check_num_workers, reject_options
+from pyro_ncl.data.idx import DEFAULT_ROOTS, load_idx_split
+
+NAME, SIZE, ITEM, CHUNK = "scenes", 32, 28, 4096
+BACKGROUNDS = ("stripes", "checkerboard", "gradient", "blobs", "rings")
+
+
+def _generator(*key) -> torch.Generator:
+    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def _rand(n: int, g: torch.Generator, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    return torch.rand(n, generator=g) * (high - low) + low
+
+
+def background_patterns(kinds: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Pattern [n, S, S] in [0, 1] for background types ``kinds`` [n]. Every image's parameters are drawn in a
+    fixed order whatever its type, so the draws do not depend on the types."""
+    n = kinds.shape[0]
+    u = (torch.arange(SIZE) + 0.5) / SIZE
+    yy, xx = torch.meshgrid(u, u, indexing="ij")
+    yy, xx = yy[None], xx[None]
+    col = lambda t: t[:, None, None]  # noqa: E731  [n] → [n, 1, 1]
+    angle, phase, freq = col(_rand(n, g, 0, math.pi)), col(_rand(n, g, 0, 2 * math.pi)), col(_rand(n, g, 2, 5))
+    cell, ox, oy = col(_rand(n, g, 3, 8)), col(_rand(n, g, 0, 16)), col(_rand(n, g, 0, 16))
+    noise = torch.randn(n, 1, 4, 4, generator=g)
+    cx, cy, rfreq = col(_rand(n, g)), col(_rand(n, g)), col(_rand(n, g, 3, 6))
+    proj = xx * angle.cos() + yy * angle.sin()  # [n, S, S]
+    out = torch.empty(n, SIZE, SIZE)
+    for kind, name in enumerate(BACKGROUNDS):
+        at = kinds == kind
+        if not at.any():
+            continue
+        if name == "stripes":
+            out[at] = 0.5 + 0.5 * torch.tanh(3 * torch.sin(2 * math.pi * freq[at] * proj[at] + phase[at]))
+        elif name == "checkerboard":
+            out[at] = ((torch.floor(xx * SIZE / cell[at] + ox[at]) + torch.floor(yy * SIZE / cell[at] + oy[at])) % 2)
+        elif name == "gradient":
+            p = proj[at]
+            lo, hi = p.amin(dim=(1, 2), keepdim=True), p.amax(dim=(1, 2), keepdim=True)
+            out[at] = (p - lo) / (hi - lo)
+        elif name == "blobs":
+            smooth = F.interpolate(noise[at], size=(SIZE, SIZE), mode="bicubic", align_corners=False)
+            out[at] = torch.sigmoid(4 * smooth[:, 0])
+        else:  # rings
+            radius = ((xx - cx[at]) ** 2 + (yy - cy[at]) ** 2).sqrt()
+            out[at] = 0.5 + 0.5 * torch.tanh(3 * torch.sin(2 * math.pi * rfreq[at] * radius + phase[at]))
+    return out
+
+
+def paste(items: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """items uint8 [n, 28, 28], offsets (dy, dx) [n, 2] → alpha [n, 1, 32, 32] in [0, 1] (zero outside the item)."""
+    n = items.shape[0]
+    padded = F.pad(items.float() / 255, (0, 1, 0, 1))  # index ITEM reads a zero
+    grid = torch.arange(SIZE)[None] - offset[:, :, None]  # [n, 2, S]
+    grid = torch.where((grid >= 0) & (grid < ITEM), grid, ITEM)
+    rows, cols = grid[:, 0, :, None], grid[:, 1, None, :]
+    return padded[torch.arange(n)[:, None, None], rows, cols][:, None]
+
+
+def compose(items: torch.Tensor, kinds: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """items uint8 [n, 28, 28], background types [n] → uint8 RGB images [n, 3, 32, 32]."""
+    n = items.shape[0]
+    pattern = background_patterns(kinds, g)[:, None]  # [n, 1, S, S]
+    first = torch.rand(n, 3, 1, 1, generator=g)
+    second = (first + 0.3 + 0.4 * torch.rand(n, 3, 1, 1, generator=g)) % 1.0  # each channel differs by >= 0.3
+    background = first * (1 - pattern) + second * pattern
+    colour = torch.rand(n, 3, 1, 1, generator=g)
+    alpha = paste(items, torch.randint(0, SIZE - ITEM + 1, (n, 2), generator=g))
+    return (background * (1 - alpha) + colour * alpha).mul_(255).round_().to(torch.uint8)
+
+
+def background_types(labels: torch.Tensor, rho: float, num_backgrounds: int, g: torch.Generator) -> torch.Tensor:
+    """Background type per image [n]: the class's own type (class % num_backgrounds) with probability rho,
+    otherwise uniform over the types."""
+    uniform = torch.randint(0, num_backgrounds, labels.shape, generator=g)
+    own = torch.rand(labels.shape, generator=g) < rho
+    return torch.where(own, labels % num_backgrounds, uniform)
+
+
+def make_split(items: ImageTensors, n: int, seed: int, split: str, rho: float,
+               num_backgrounds: int) -> Tuple[ImageTensors, torch.Tensor]:
+    """The first n scenes of a split: (images uint8 [n, 3, 32, 32] with class labels [n], background labels [n])."""
+    images, backgrounds = [], []
+    for chunk, start in enumerate(range(0, n, CHUNK)):
+        stop = min(start + CHUNK, n)
+        full = slice(start, min(start + CHUNK, items.images.shape[0]))  # draws cover whole chunks: subset-invariant
+        kinds = background_types(items.labels[full], rho, num_backgrounds,
+                                 _generator(seed, split, chunk, "background"))
+        take = stop - start
+        scene = compose(items.images[full][:, 0], kinds, _generator(seed, split, chunk, "scene"))
+        images.append(scene[:take])
+        backgrounds.append(kinds[:take])
+    return ImageTensors(torch.cat(images), items.labels[:n].clone()), torch.cat(backgrounds)
+
+
+def channel_stats(images: torch.Tensor) -> Tuple[list, list]:
+    """Per-channel mean and std of uint8 images [N, C, H, W] in [0, 1], accumulated in chunks."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, images.shape[0], CHUNK):
+        x = images[start:start + CHUNK].double().div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    return mean.tolist(), (squares / count - mean.square()).clamp(min=1e-12).sqrt().tolist()
+
+
+class ScenesData(InMemoryData):
+    """``InMemoryData`` plus ``train_background`` / ``test_background`` (int64 [N]) and ``background_names``."""
+
+    def __init__(self, train: ImageTensors, test: ImageTensors, train_background: torch.Tensor,
+                 test_background: torch.Tensor, num_backgrounds: int):
+        mean, std = channel_stats(train.images)
+        super().__init__(NAME, train, test, num_classes=10, mean=mean, std=std, augment=cifar_augment(SIZE))
+        self.train_background, self.test_background = train_background, test_background
+        self.background_names = list(BACKGROUNDS[:num_backgrounds])
+
+
+def _check_rho(name: str, value) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+@DATASETS.register(NAME)
+def scenes(root=None, subset=None, seed: int = 0, spurious_correlation: float = 0.0,
+           test_spurious_correlation: float = 0.0, num_backgrounds: int = len(BACKGROUNDS), num_workers: int = 0,
+           **options) -> ScenesData:
+    reject_options(NAME, options)
+    check_num_workers(num_workers)
+    rho, test_rho = _check_rho("spurious_correlation", spurious_correlation), \
+        _check_rho("test_spurious_correlation", test_spurious_correlation)
+    if not isinstance(num_backgrounds, int) or not 2 <= num_backgrounds <= len(BACKGROUNDS):
+        raise ValueError(f"num_backgrounds must be an integer from 2 to {len(BACKGROUNDS)}, got {num_backgrounds!r}")
+    folder = Path(root or DEFAULT_ROOTS["fashion-mnist"])
+    if not folder.is_dir():
+        raise DatasetNotFound(f"{NAME} needs the Fashion-MNIST items: {folder} is not a folder; "
+                              f"`apt-get install dataset-fashion-mnist` puts them in {DEFAULT_ROOTS['fashion-mnist']}, "
+                              f"or pass --data-root")
+    train_items, test_items = (load_idx_split(folder, s, "fashion-mnist") for s in ("train", "test"))
+    n = check_subset(subset, train_items.images.shape[0], NAME)
+    train, train_bg = make_split(train_items, n, seed, "train", rho, num_backgrounds)
+    test, test_bg = make_split(test_items, test_items.images.shape[0], seed, "test", test_rho, num_backgrounds)
+    return ScenesData(train, test, train_bg, test_bg, num_backgrounds)
+
+
+def background_leakage(train_features: torch.Tensor, train_bg: torch.Tensor, test_features: torch.Tensor,
+                       test_bg: torch.Tensor, **probe_kwargs) -> float:
+    """Linear-probe test accuracy in [0, 1] for the background type from features (train [N, D], test [M, D];
+    labels [N], [M]). Chance is 1/num_backgrounds; higher means the features carry the background."""
+    from pyro_ncl.probes import linear_probe
+    probe_kwargs.setdefault("num_classes", int(max(train_bg.max(), test_bg.max())) + 1)
+    return linear_probe(train_features, train_bg, test_features, test_bg, **probe_kwargs)

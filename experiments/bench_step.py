@@ -48,7 +48,7 @@ def main(args):
     config = Config(method=args.method, batch_size=args.batch_size, width=args.width,
                     backbone=args.backbone).resolved()
     torch.manual_seed(0)
-    systems = {name: build_system(config, args.channels, device) for name in ("svi", "plain")}
+    systems = {name: build_system(config, args.channels, device=device) for name in ("svi", "plain")}
     systems["plain"].load_state_dict(systems["svi"].state_dict())
     trainer = SVITrainer(systems["svi"], config, steps_per_epoch=10 ** 6)
     optimizer = torch.optim.SGD(systems["plain"].parameter_groups(config.lr, config.gate_lr, config.weight_decay),

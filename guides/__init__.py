@@ -1,2 +1,6 @@
-"""Pyro guides over the gate."""
-from guides.amortized import GUIDES, AmortizedGate  # noqa: F401
+"""Pyro guides over the gate: one module per family, each registered in ``GUIDES`` by name."""
+from guides.base import GUIDES, GateGuide  # noqa: F401
+from guides.amortized import AmortizedGate, NoGate, RelaxedSoftGate  # noqa: F401
+from guides.exact import ExactBernoulliGate  # noqa: F401
+from guides.deterministic import ThresholdGate  # noqa: F401
+from guides.global_gate import GlobalGate  # noqa: F401

@@ -1,100 +1,59 @@
-"""Amortized gate guides: q(m_v | h_v) = Π_d Bernoulli(σ(a_vd)) with logits a = gate_head(h) from an MLP shaped
-like the projector on the backbone features h (detached by default, as the authors do).
+"""Amortized gate guides: q(m_v | h_v) = Π_d Bernoulli(σ(a_vd)) (or its relaxation) with logits a = gate_head(h)
+from an MLP shaped like the projector on the backbone features h (detached by default, as the authors do).
 
-Estimator of the gate term (the default pair: Bernoulli prior, straight-through guide). The training mask is the
-hard sample m = 1[a + L > 0], L ~ Logistic, i.e. *exactly* a Bernoulli(σ(a)) draw at any gate temperature T; its
-gradient is the Concrete relaxation's σ((a + L)/T) (straight-through). Because q is a product of Bernoullis and the
-prior is too, the ELBO's gate term E_q[log p(m) − log q(m)] = −Σ_d KL(Bern(σ(a_d)) ‖ Bern(π)) is added in closed
-form (a ``pyro.factor`` in the guide, the Monte-Carlo gate sites masked): its value and its gradient in a are exact.
-Pushing the ST gradient through a Monte-Carlo log p − log q instead biases the KL gradient by the factor
-E[∂σ((a+L)/T)/∂a] / σ'(a) (cosine with the true gradient ≈ 0.95 at T = 1), and pairing a Bernoulli prior with
-Pyro's RelaxedBernoulliStraightThrough (a Concrete density at the soft value) is not an ELBO at all.
+``relaxed_st`` (default). The training mask is the hard sample m = 1[a + L > 0], L ~ Logistic(0, 1): *exactly* a
+Bernoulli(σ(a)) draw at any gate temperature T. Its gradient is that of the Concrete sample σ((a + L)/T)
+(straight-through). With a Bernoulli prior the ELBO's gate term −Σ_d KL(Bern(σ(a_d)) ‖ Bern(π)) is added in closed
+form (see ``guides.base``): exact value and gradient. Pushing the straight-through gradient through a sampled
+log p − log q instead biases the KL gradient by E[∂σ((a+L)/T)/∂a] / σ'(a) (cosine ≈ 0.95 with the true gradient at
+T = 1), and pairing a Bernoulli prior with Pyro's RelaxedBernoulliStraightThrough (a Concrete density at the soft
+value) is not an ELBO at all.
 
-A guide is an ``nn.Module`` with ``guide(batch)``, ``probs(h)`` (posterior open probabilities, [N, K]) and
-``mode(h)`` (the test-time hard gate, [N, K]); ``reparameterized`` says whether its gate sample is differentiable.
-A new guide is one class and one ``GUIDES.register`` line; its factory takes ``(encoder, prior, config)``.
+``relaxed_soft``. The mask is the Concrete sample itself, m ∈ (0, 1)^K; it is scored by its density, so it pairs
+with the relaxed (``concrete``) prior: the ELBO of the relaxed model, estimated by Monte Carlo.
 """
 from __future__ import annotations
 
 import pyro
-import pyro.poutine as poutine
+import pyro.distributions as dist
 import torch
 import torch.nn as nn
 
-from pyro_ncl.batch import EncodedBatch, views_plate
-from pyro_ncl.distributions import StraightThroughBernoulli, bernoulli_kl
-from pyro_ncl.encoders import mlp
-from pyro_ncl.registry import Registry
-
-GUIDES: Registry = Registry("guide")
-
-
-class AmortizedGate(nn.Module):
-    """Relaxed straight-through guide (default): hard Bernoulli mask forward, Concrete gradient backward."""
-
-    reparameterized = True
-    per_view_gate = True
-
-    def __init__(self, backbone_dim: int, hidden_dim: int, feature_dim: int, prior: nn.Module,
-                 temperature: float = 1.0, kl_weight: float = 1.0, analytic_kl: bool = True,
-                 detach_features: bool = True):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"--gate-temperature must be > 0, got {temperature}")
-        self.head = mlp(backbone_dim, hidden_dim, feature_dim)
-        self.prior = prior
-        self.temperature = temperature
-        self.kl_weight = kl_weight
-        self.analytic_kl = analytic_kl
-        self.detach_features = detach_features
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """h [N, F] → gate logits a [N, K] (fp32, also under autocast)."""
-        h = h.detach() if self.detach_features else h
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            return self.head(h.float())
-
-    def probs(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(h))
-
-    def mode(self, h: torch.Tensor) -> torch.Tensor:
-        return (self.logits(h) > 0).to(h.dtype)
-
-    def posterior(self, logits: torch.Tensor):
-        return StraightThroughBernoulli(logits, self.temperature)
-
-    def guide(self, batch: EncodedBatch):
-        pyro.module("guide", self)
-        device = batch.z.device
-        logits = self.logits(batch.h)
-        q = self.posterior(logits)
-        with poutine.scale(scale=self.kl_weight):
-            context = self.prior.guide_globals(device)
-            with views_plate(batch):
-                gate = pyro.sample("gate", q.to_event(1).mask(not self.analytic_kl))
-                kl = bernoulli_kl(logits, self.prior.gate_dist(context, logits.shape[-1], device).probs).sum(-1)
-                if self.analytic_kl:
-                    pyro.factor("gate_kl", kl, has_rsample=True)
-        self.last_stats = {"gate_kl": kl.detach().mean(), "open_gates": gate.detach().mean()}
+from guides.base import GUIDES, GateGuide
+from pyro_ncl.batch import EncodedBatch
+from pyro_ncl.distributions import StraightThroughBernoulli
 
 
 @GUIDES.register("relaxed_st")
-def _relaxed_st(encoder, prior, config) -> AmortizedGate:
-    return AmortizedGate(encoder.backbone_dim, config.hidden_dim, encoder.feature_dim, prior,
-                         temperature=config.gate_temperature, kl_weight=config.kl_weight,
-                         analytic_kl=prior.closed_form_kl, detach_features=not config.gate_grad_to_backbone)
+class AmortizedGate(GateGuide):
+    """Hard Bernoulli mask forward, Concrete gradient backward."""
+
+    def posterior(self, logits):
+        return StraightThroughBernoulli(logits, self.temperature)
 
 
-class NoGate(nn.Module):
-    """The guide of the ungated methods (CL, NCL): the model has no latent variable."""
+@GUIDES.register("relaxed_soft")
+class RelaxedSoftGate(GateGuide):
+    """Soft Concrete mask m = σ((a + L)/T) ∈ (0, 1)^K, scored by its density."""
 
-    reparameterized = True
-    per_view_gate = True
+    value_kind = "soft"
 
-    def guide(self, batch: EncodedBatch):
-        pyro.module("guide", self)
+    def posterior(self, logits):
+        return dist.RelaxedBernoulli(torch.tensor(self.temperature, device=logits.device), logits=logits)
 
 
 @GUIDES.register("none")
-def _none(encoder, prior, config) -> NoGate:
-    return NoGate()
+class NoGate(nn.Module):
+    """The guide of the ungated methods: the model has no latent variable."""
+
+    value_kind = None
+    reparameterized = True
+    per_view_gate = True
+    analytic_kl = True
+
+    @classmethod
+    def build(cls, encoder, prior, config):
+        return cls()
+
+    def guide(self, batch: EncodedBatch):
+        pyro.module("guide", self)

@@ -23,6 +23,9 @@ METHODS: Dict[str, Dict[str, str]] = {
     "cl": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="none"),
     "ncl": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="relu"),
     "bayesncl": dict(prior="bernoulli", guide="relaxed_st", likelihood="nt_xent", non_neg="relu"),
+    "tricl": dict(prior="none", guide="none", likelihood="tricl", non_neg="none"),
+    "simlap": dict(prior="none", guide="none", likelihood="simlap", non_neg="none"),
+    "bcl": dict(prior="none", guide="none", likelihood="bcl", non_neg="none"),
 }
 
 
@@ -58,7 +61,18 @@ class Config:
     kl_weight: float = _opt("β: weight of the gate KL per view, relative to the mean contrastive loss",
                             default=3e-5)
     gate_temperature: float = _opt("temperature T of the relaxed gate sample", default=1.0)
+    beta_concentration: float = _opt("beta_bernoulli prior: concentration c of the Beta(cπ, c(1 − π)) hyperprior",
+                                     default=2.0)
+    baseline: str = _opt("bernoulli (score-function) guide: variance-reduction baseline: none | decaying | neural",
+                         default="decaying")
     gate_grad_to_backbone: bool = _opt("let gate-head gradients reach the backbone (authors: off)", default=False)
+    # likelihood-specific settings
+    bcl_alpha: float = _opt("BCL: location α ∈ [0.5, 1] (debiases false negatives)", default=0.9)
+    bcl_beta: float = _opt("BCL: concentration β ∈ [0.5, 1] (hardness; 0.5 = unbiased weights)", default=0.5)
+    bcl_class_prior: float = _opt("BCL: class prior τ⁺ (probability that a negative shares the class)", default=0.1)
+    tricl_decorrelation: float = _opt("triCL: weight of the decorrelation penalty mean((ZᵀZ/N − I)²)", default=1.0)
+    simlap_gate_penalty: float = _opt("SimLAP: weight of the gate penalty mean(g(1 − g)) pushing gates to 0/1",
+                                      default=0.1)
     # optimisation
     epochs: int = _opt("training epochs", default=5)
     batch_size: int = _opt("images per batch (2× views)", default=256)

@@ -16,12 +16,14 @@ from pyro_ncl.ops import safe_normalize
 
 
 def check_parts(config: Config) -> None:
-    """Refuse a combination of parts that makes no sense, naming the conflict."""
-    for registry, name in ((PRIORS, config.prior), (GUIDES, config.guide), (LIKELIHOODS, config.likelihood)):
-        registry[name]  # raises the one-line error for an unknown name
-    if (config.prior == "none") != (config.guide == "none"):
-        raise ValueError(f"--prior {config.prior} with --guide {config.guide}: a gate needs both a prior and a guide "
-                         f"(or neither, for the ungated methods cl/ncl)")
+    """Refuse a combination of parts that makes no sense, naming the conflict (before anything is built)."""
+    prior, guide, likelihood = PRIORS[config.prior], GUIDES[config.guide], LIKELIHOODS[config.likelihood]
+    if prior.value_kind != guide.value_kind:
+        raise ValueError(f"--prior {config.prior} scores {_kind(prior.value_kind)} but --guide {config.guide} "
+                         f"produces {_kind(guide.value_kind)}: the ELBO would compare different kinds of value")
+    if likelihood.requires_labels and prior.value_kind is not None:
+        raise ValueError(f"--likelihood {config.likelihood} is supervised and gates its features from label "
+                         f"embeddings; combine it with --prior none --guide none, not --prior {config.prior}")
     for name, value in (("temperature", config.temperature), ("gate-temperature", config.gate_temperature)):
         if value <= 0:
             raise ValueError(f"--{name} must be > 0, got {value}")
@@ -29,6 +31,10 @@ def check_parts(config: Config) -> None:
         raise ValueError(f"--feature-dim must be at least 1, got {config.feature_dim}")
     if config.kl_weight < 0:
         raise ValueError(f"--kl-weight must be >= 0, got {config.kl_weight}")
+
+
+def _kind(value_kind) -> str:
+    return {None: "no gate", "hard": "hard {0,1} gates", "soft": "relaxed (0,1) gates"}[value_kind]
 
 
 class ContrastiveSystem(nn.Module):
@@ -75,16 +81,17 @@ class ContrastiveSystem(nn.Module):
         return groups
 
 
-def build_system(config: Config, in_channels: int, device: Optional[torch.device] = None) -> ContrastiveSystem:
+def build_system(config: Config, in_channels: int, num_classes: int = 10,
+                 device: Optional[torch.device] = None) -> ContrastiveSystem:
     """``config`` must be resolved (``Config.resolved``)."""
     check_parts(config)
     encoder = build_encoder(config.backbone, in_channels, config.width, config.cifar_stem, config.hidden_dim,
                             config.feature_dim, config.non_neg)
-    prior = PRIORS[config.prior](config.feature_dim, config)
-    guide = GUIDES[config.guide](encoder, prior, config)
-    likelihood = LIKELIHOODS[config.likelihood](config.feature_dim, config)
+    prior = PRIORS[config.prior].build(config.feature_dim, config)
+    guide = GUIDES[config.guide].build(encoder, prior, config)
+    likelihood = LIKELIHOODS[config.likelihood].build(config.feature_dim, config, num_classes)
     model = ContrastiveModel(likelihood, prior, kl_weight=config.kl_weight,
-                             analytic_kl=getattr(guide, "analytic_kl", True),
+                             analytic_kl=guide.analytic_kl,
                              per_view_gate=guide.per_view_gate)
     system = ContrastiveSystem(encoder, model, guide)
     return system.to(device) if device is not None else system

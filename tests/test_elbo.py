@@ -32,7 +32,7 @@ class FixedLogitsGate(AmortizedGate):
     """The default guide with its gate head replaced by fixed logits a (a leaf tensor)."""
 
     def __init__(self, logits, **kw):
-        super().__init__(backbone_dim=1, hidden_dim=1, feature_dim=logits.numel(), **kw)
+        super().__init__(1, 1, logits.numel(), **kw)
         self.a = logits.clone().requires_grad_(True)
 
     def logits(self, h):
@@ -69,7 +69,8 @@ def test_default_gate_term_is_the_exact_kl(temperature=1.0):
 def test_straight_through_sample_is_exactly_bernoulli():
     """Monte-Carlo mode (sites unmasked: pmf of the hard sample): the value is unbiased at any temperature..."""
     prior = BernoulliPrior(PI)
-    guide = FixedLogitsGate(LOGITS, prior=prior, temperature=1.0, analytic_kl=False)
+    guide = FixedLogitsGate(LOGITS, prior=prior, temperature=1.0)
+    guide.analytic_kl = False
     model = ContrastiveModel(NTXent(0.2), prior, analytic_kl=False)
     mean, grad = gate_term_draws(model.model, guide.guide, whole_dataset_batch(8), guide.a, draws=2000)
     kl, kl_grad = analytic_kl_and_grad(LOGITS, PI)

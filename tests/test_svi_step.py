@@ -29,10 +29,10 @@ def test_one_svi_step(config, refusal):
     if refusal is not None:
         assert config.prior in refusal or config.guide in refusal or config.likelihood in refusal
         with pytest.raises(ValueError):
-            build_system(config, in_channels=1)
+            build_system(config, in_channels=1, num_classes=4)
         return
     torch.manual_seed(0)
-    system = build_system(config, in_channels=1)
+    system = build_system(config, in_channels=1, num_classes=4)
     before = {k: v.clone() for k, v in system.state_dict().items()}
     trainer = SVITrainer(system, config, steps_per_epoch=2)
     x1, x2 = torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
@@ -46,5 +46,10 @@ def test_one_svi_step(config, refusal):
 
 
 def test_gate_needs_both_prior_and_guide():
-    with pytest.raises(ValueError, match="needs both a prior and a guide"):
+    with pytest.raises(ValueError, match="--prior bernoulli scores hard .* --guide none produces no gate"):
         check_parts(Config(method="ncl", prior="bernoulli").resolved())
+
+
+def test_pmf_prior_with_relaxed_guide_is_refused():
+    with pytest.raises(ValueError, match="--prior bernoulli scores hard .* relaxed_soft produces relaxed"):
+        check_parts(Config(prior="bernoulli", guide="relaxed_soft").resolved())

@@ -26,8 +26,13 @@ def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.cross_entropy(logits, positive_index(z.shape[0], z.device))
 
 
+@LIKELIHOODS.register("nt_xent")
 class NTXent(nn.Module):
     requires_labels = False
+
+    @classmethod
+    def build(cls, feature_dim: int, config, num_classes: int) -> "NTXent":
+        return cls(config.temperature)
 
     def __init__(self, temperature: float = 0.2):
         super().__init__()
@@ -35,8 +40,3 @@ class NTXent(nn.Module):
 
     def forward(self, z: torch.Tensor, labels=None) -> torch.Tensor:
         return nt_xent(z, self.temperature)
-
-
-@LIKELIHOODS.register("nt_xent")
-def _nt_xent(feature_dim: int, config) -> NTXent:
-    return NTXent(config.temperature)

@@ -1,0 +1,101 @@
+"""The shared shape of a gate guide, and the guide registry.
+
+A guide is a ``GateGuide`` subclass registered by name, with class attributes
+    ``value_kind``       "hard" ({0,1} masks) or "soft" (relaxed masks); must match the prior's;
+    ``reparameterized``  whether the gate sample is differentiable (else score-function gradients);
+    ``per_view_gate``    a gate per view (amortized) or one global gate;
+and ``build(encoder, prior, config)``, ``posterior(logits)`` (the gate distribution, batch shape [..., K]),
+``logits(h)`` ([N, F] → [N, K]), ``probs(h)`` and ``mode(h)`` (the test-time hard gate 1[logit > 0]).
+
+The gate term of the ELBO: when the guide is reparameterised and the prior has a closed-form KL, the Monte-Carlo
+gate sites are masked and the exact KL enters as a ``pyro.factor`` in the guide (Rao-Blackwellised: exact value
+and gradient); otherwise Pyro scores the sampled gate under both (log p − log q), which is valid when both score
+the same kind of value (see ``value_kind``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import pyro
+import pyro.poutine as poutine
+import torch
+import torch.nn as nn
+
+from pyro_ncl.batch import EncodedBatch, views_plate
+from pyro_ncl.distributions import bernoulli_kl
+from pyro_ncl.encoders import mlp
+from pyro_ncl.registry import Registry
+
+GUIDES: Registry = Registry("guide")
+
+
+class GateGuide(nn.Module):
+    value_kind = "hard"
+    reparameterized = True
+    per_view_gate = True
+
+    def __init__(self, backbone_dim: int, hidden_dim: int, feature_dim: int, prior: nn.Module,
+                 temperature: float = 1.0, kl_weight: float = 1.0, detach_features: bool = True):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"--gate-temperature must be > 0, got {temperature}")
+        self.head = mlp(backbone_dim, hidden_dim, feature_dim)
+        self.prior = prior
+        self.temperature = temperature
+        self.kl_weight = kl_weight
+        self.detach_features = detach_features
+        self.analytic_kl = self.reparameterized and prior.closed_form_kl
+        self.last_stats = {}
+
+    @classmethod
+    def build(cls, encoder, prior, config) -> "GateGuide":
+        return cls(encoder.backbone_dim, config.hidden_dim, encoder.feature_dim, prior,
+                   temperature=config.gate_temperature, kl_weight=config.kl_weight,
+                   detach_features=not config.gate_grad_to_backbone)
+
+    # ---- amortization
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """h [N, F] → gate logits a [N, K], in the head's precision (fp32) also under autocast."""
+        h = h.detach() if self.detach_features else h
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.head(h.to(self.head[0].weight.dtype))
+
+    def probs(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(h))
+
+    def mode(self, h: torch.Tensor) -> torch.Tensor:
+        return (self.logits(h) > 0).to(h.dtype)
+
+    # ---- the variational family and its KL
+    def posterior(self, logits: torch.Tensor):
+        raise NotImplementedError
+
+    def closed_form_kl(self, logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Tensor:
+        """[..., K] logits → [...] Σ_d KL(q ‖ p)."""
+        return bernoulli_kl(logits, prior_probs).sum(-1)
+
+    def site_infer(self, batch: EncodedBatch) -> Optional[dict]:
+        """Extra ``infer`` options of the gate site (score-function baselines)."""
+        return None
+
+    def guide(self, batch: EncodedBatch):
+        pyro.module("guide", self)
+        logits = self.logits(batch.h)
+        self._sample_gate(batch, logits, views_plate(batch))
+
+    def _sample_gate(self, batch: EncodedBatch, logits: torch.Tensor, plate):
+        device, num_dims = batch.z.device, logits.shape[-1]
+        q = self.posterior(logits)
+        with poutine.scale(scale=self.kl_weight):
+            context = self.prior.guide_globals(device)
+            prior = self.prior.gate_dist(context, num_dims, device)
+            with plate:
+                gate = pyro.sample("gate", q.to_event(1).mask(not self.analytic_kl), infer=self.site_infer(batch))
+                if self.analytic_kl:
+                    kl = self.closed_form_kl(logits, prior.probs)
+                    pyro.factor("gate_kl", kl, has_rsample=True)
+                else:
+                    kl = q.log_prob(gate).sum(-1) - prior.log_prob(gate).sum(-1)  # the Monte-Carlo estimate
+        self.last_stats = {"gate_kl": kl.detach().mean(), "open_gates": (gate.detach() > 0.5).float().mean()}
+        return gate
+

@@ -1,0 +1,37 @@
+"""``global``: a non-amortized, per-dimension gate shared by every view (the mean-field ablation).
+
+q(m) = Π_d Bernoulli(σ(φ_d)) with free logits φ ∈ R^K; one straight-through draw per step gates all views.
+The gate is a global latent: its KL counts once for the dataset (not once per view), so per view it weighs
+β·KL / 2N.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pyro
+import torch
+import torch.nn as nn
+
+from guides.base import GUIDES, GateGuide
+from pyro_ncl.batch import EncodedBatch
+from pyro_ncl.distributions import StraightThroughBernoulli
+
+
+@GUIDES.register("global")
+class GlobalGate(GateGuide):
+    per_view_gate = False
+
+    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, **kwargs):
+        super().__init__(1, 1, feature_dim, prior, **kwargs)
+        del self.head
+        self.gate_logits = nn.Parameter(torch.full((feature_dim,), 2.0))
+
+    def logits(self, h):
+        return self.gate_logits.expand(h.shape[0], -1)
+
+    def posterior(self, logits):
+        return StraightThroughBernoulli(logits, self.temperature)
+
+    def guide(self, batch: EncodedBatch):
+        pyro.module("guide", self)
+        self._sample_gate(batch, self.gate_logits, contextlib.nullcontext())

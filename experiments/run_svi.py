@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pyro
@@ -19,8 +20,8 @@ import torch
 
 from guides import GUIDES
 from models import PRIORS
-from pyro_ncl.checkpoint import CheckpointError
-from pyro_ncl.config import METHODS, Config, build_parser, config_from_args, fail, save_config
+from pyro_ncl.checkpoint import CheckpointError, load_latest
+from pyro_ncl.config import FIELD_NAMES, METHODS, Config, build_parser, config_from_args, save_config
 from pyro_ncl.data import DATASETS, DatasetNotFound, load_dataset
 from pyro_ncl.encoders import BACKBONES, NON_NEGATIVITY
 from pyro_ncl.evaluation import evaluate
@@ -29,7 +30,7 @@ from pyro_ncl.plots import plot_loss_curve
 from pyro_ncl.system import build_system
 from pyro_ncl.train import NonFiniteLoss, resolve_device, seed_everything, train
 
-RESULT_FILES = ("metrics.json", "checkpoint.pt", "log.csv")
+RESULT_FILES = ("metrics.json", "checkpoint.pt", "checkpoint.prev.pt", "log.csv")
 
 
 def parser():
@@ -54,21 +55,59 @@ def prepare_out_dir(config: Config) -> Path:
     return out
 
 
+def resume_config(args) -> Config:
+    """``--resume DIR``: the run's own settings (flags that would change them are refused)."""
+    run_dir = Path(args.resume)
+    explicit = sorted(k for k, v in vars(args).items() if v is not None and k not in ("resume", "device"))
+    if explicit:
+        raise ValueError(f"--resume uses the settings saved in {run_dir / 'config.json'}; drop "
+                         + ", ".join("--" + k.replace("_", "-") for k in explicit))
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--resume {run_dir}: no config.json there (is it a run folder?)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--resume {run_dir}: config.json does not parse ({err.msg} at line {err.lineno})") from None
+    unknown = sorted(set(saved) - FIELD_NAMES)
+    if unknown:
+        raise ValueError(f"--resume {run_dir}: config.json has unknown settings {', '.join(unknown)}")
+    saved.update(resume=str(run_dir), out=str(run_dir), device=args.device or saved.get("device", "auto"))
+    return Config(**saved)
+
+
+def check_resumable(state: dict, config: Config) -> None:
+    """A checkpoint of another method or size is refused by name."""
+    saved = state.get("config", {})
+    for key in ("method", "prior", "guide", "likelihood", "non_neg", "backbone", "width", "hidden_dim",
+                "feature_dim", "dataset"):
+        if saved.get(key) != getattr(config, key):
+            raise ValueError(f"checkpoint in {config.resume} was made with {key}={saved.get(key)!r}, "
+                             f"not {getattr(config, key)!r}")
+
+
 def main(args) -> dict:
-    config = config_from_args(args).resolved()
+    config = (resume_config(args) if args.resume else config_from_args(args)).resolved().validate()
     device = resolve_device(config.device)
     data = load_dataset(config.dataset, config.data_root, subset=config.subset, num_workers=config.num_workers)
     data.steps_per_epoch(config.batch_size)  # validates the batch size before anything is written
     seed_everything(config.seed)
     system = build_system(config, data.in_channels, data.num_classes, device)
-    out = prepare_out_dir(config)
-    save_config(config, out / "config.json")
+    state = None
+    if config.resume:
+        out = Path(config.resume)
+        state = load_latest(out)
+        check_resumable(state, config)
+        print(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
+    else:
+        out = prepare_out_dir(config)
+        save_config(config, out / "config.json")
     print(f"{config.method}: prior={config.prior} guide={config.guide} likelihood={config.likelihood} "
           f"non_neg={config.non_neg} | {config.dataset} ({data.num_train} train images) on {device} → {out}")
-    summary = train(system, data, config, out, device)
+    summary = train(system, data, config, out, device, resume=state)
     start = time.perf_counter()
     metrics = evaluate(system, data, batch_size=config.eval_batch_size, device=device,
-                       probe_epochs=config.probe_epochs, knn_k=config.knn_k, seed=config.seed)
+                       probe_epochs=config.probe_epochs, knn_k=config.knn_k, seed=config.seed,
+                       limit=config.eval_subset)
     metrics.update(summary, eval_seconds=time.perf_counter() - start)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_loss_curve(out / "log.csv", out / "loss.png")
@@ -76,13 +115,21 @@ def main(args) -> dict:
     return metrics
 
 
-if __name__ == "__main__":
-    args = parser().parse_args()
+def cli(argv=None) -> int:
+    """Parse, run, and turn bad input into one line on stderr with exit status 2 (no traceback)."""
+    args = parser().parse_args(argv)
     pyro.enable_validation(False)
+    warnings.filterwarnings("ignore", message="Encountered NaN")  # reported by NonFiniteLoss, with the term
     try:
         main(args)
     except (ValueError, DatasetNotFound, CheckpointError, NonFiniteLoss) as err:
-        fail(str(err))
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted; the last epoch's checkpoint is in --out", file=sys.stderr)
-        sys.exit(130)
+        print("interrupted; resume with --resume from the last checkpoint in --out", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

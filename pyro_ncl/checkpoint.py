@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+import random
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
+import numpy as np
+import pyro
 import torch
 
 
@@ -40,3 +44,74 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
     except Exception as err:  # unpickling refused, truncated zip, corrupt bytes
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"refusing checkpoint {path}: {reason[:300]}") from None
+
+
+# ---------------------------------------------------------------- full training state
+def _rng_state() -> Dict[str, Any]:
+    """Every random state a step draws from, in types that ``weights_only`` loading accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def training_state(system, trainer, config, epoch: int, step_in_epoch: int, elapsed: float) -> Dict[str, Any]:
+    """Everything needed to continue exactly: networks (with BatchNorm buffers), guide, optimiser, schedule, step,
+    position in the data order, RNG states, and Pyro's non-module params (e.g. decaying-average baselines)."""
+    store = pyro.get_param_store()
+    return dict(system=system.state_dict(), optimizer=trainer.optimizer.state_dict(),
+                scheduler=trainer.scheduler.state_dict(), step=trainer.step_count, epoch=epoch,
+                step_in_epoch=step_in_epoch, elapsed=elapsed, rng=_rng_state(), config=config.to_dict(),
+                pyro_params={k: v.detach().clone() for k, v in store.items() if "$$$" not in k})
+
+
+def restore_training_state(state: Dict[str, Any], system, trainer):
+    """Inverse of ``training_state``; returns (epoch, step_in_epoch, elapsed seconds)."""
+    try:
+        system.load_state_dict(state["system"])
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint does not fit this model: {str(err).splitlines()[0]}") from None
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.step_count = state["step"]
+    store = pyro.get_param_store()
+    for name, value in state.get("pyro_params", {}).items():
+        store[name] = value
+    _set_rng_state(state["rng"])
+    return state["epoch"], state["step_in_epoch"], state["elapsed"]
+
+
+def save_checkpoint(state: Dict[str, Any], path: Path) -> None:
+    """Atomic save; the checkpoint it replaces is kept as ``*.prev.pt`` (the last good one survives a bad write)."""
+    path = Path(path)
+    if path.exists():
+        os.replace(path, path.with_suffix(".prev.pt"))
+    save_atomic(state, path)
+
+
+def load_latest(run_dir: Path) -> Dict[str, Any]:
+    """The newest loadable checkpoint of a run: ``checkpoint.pt``, else ``checkpoint.prev.pt`` (with a warning)."""
+    latest, previous = Path(run_dir) / "checkpoint.pt", Path(run_dir) / "checkpoint.prev.pt"
+    try:
+        return load_checkpoint(latest)
+    except CheckpointError as err:
+        if not previous.exists():
+            raise
+        print(f"warning: {err}; resuming from {previous}", file=sys.stderr)
+        return load_checkpoint(previous)

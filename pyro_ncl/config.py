@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -84,12 +83,17 @@ class Config:
     seed: int = _opt("random seed", default=0)
     device: str = _opt("auto | cpu | cuda | cuda:N", default="auto")
     # evaluation and output
+    eval_subset: Optional[int] = _opt("evaluate on the first N images of each split only (quick checks)",
+                                      default=None)
     probe_epochs: int = _opt("epochs of the linear probes at the end", default=30)
     knn_k: int = _opt("neighbours of the kNN classifier", default=20)
     eval_batch_size: int = _opt("batch size for feature extraction", default=1024)
     log_every: int = _opt("write a CSV log row every N steps", default=10)
+    checkpoint_every: int = _opt("also checkpoint every N steps (0: only at each epoch's end)", default=100)
     out: str = _opt("output folder of the run", default="runs/default")
     overwrite: bool = _opt("replace the outputs of an earlier run in --out", default=False)
+    resume: Optional[str] = _opt("continue the run in this folder from its last checkpoint, exactly as if never "
+                                 "stopped (its own settings are used)", default=None)
 
     def resolved(self) -> "Config":
         """Fill prior/guide/likelihood/non_neg from the method preset where not given."""
@@ -97,6 +101,25 @@ class Config:
             raise ValueError(f"unknown method {self.method!r}; expected one of: {', '.join(sorted(METHODS))}")
         parts = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in METHODS[self.method].items()}
         return dataclasses.replace(self, **parts)
+
+    def validate(self) -> "Config":
+        """One-line errors for values no part could accept."""
+        checks = [(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+                  (self.batch_size >= 2, f"--batch-size must be at least 2 (each image's views need negatives), "
+                                         f"got {self.batch_size}"),
+                  (self.feature_dim >= 1, f"--feature-dim must be at least 1, got {self.feature_dim}"),
+                  (0.0 < self.prior_prob < 1.0, f"--prior-prob must lie in (0, 1), got {self.prior_prob}"),
+                  (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
+                  (self.gate_temperature > 0, f"--gate-temperature must be > 0, got {self.gate_temperature}"),
+                  (self.kl_weight >= 0, f"--kl-weight must be >= 0, got {self.kl_weight}"),
+                  (self.lr > 0 and self.gate_lr > 0, f"learning rates must be > 0, got {self.lr}, {self.gate_lr}"),
+                  (self.subset is None or self.subset >= 2, f"--subset must be at least 2, got {self.subset}"),
+                  (self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}"),
+                  (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,9 +180,3 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def save_config(config: Config, path: Path) -> None:
     path.write_text(json.dumps(config.to_dict(), indent=2))
-
-
-def fail(message: str, code: int = 2) -> None:
-    """A one-line error on stderr and exit status 2: for bad input, never a traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(code)

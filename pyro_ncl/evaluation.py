@@ -6,7 +6,7 @@ augmentation, and scored on the test split.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -17,25 +17,32 @@ from pyro_ncl.system import ContrastiveSystem
 
 
 @torch.no_grad()
-def extract(system: ContrastiveSystem, data: DataBundle, split: str, batch_size: int, device) -> Dict[str, torch.Tensor]:
-    """Concatenated ``system.features`` of a split (plus labels ``y``), on the CPU."""
+def extract(system: ContrastiveSystem, data: DataBundle, split: str, batch_size: int, device,
+            limit: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Concatenated ``system.features`` of a split (plus labels ``y``), on the CPU; the first ``limit`` images
+    only when given."""
     was_training = system.training
     system.eval()
     parts: Dict[str, list] = {}
     try:
+        seen = 0
         for x, y in data.eval_batches(split, batch_size, device):
+            if limit is not None and seen >= limit:
+                break
+            seen += len(y)
             out = system.features(x)
             out["y"] = y
             for key, value in out.items():
                 parts.setdefault(key, []).append(value.cpu())
     finally:
         system.train(was_training)
-    return {key: torch.cat(values) for key, values in parts.items()}
+    return {key: torch.cat(values)[:limit] for key, values in parts.items()}
 
 
 def evaluate(system: ContrastiveSystem, data: DataBundle, *, batch_size: int, device, probe_epochs: int = 30,
-             knn_k: int = 20, seed: int = 0) -> Dict[str, float]:
-    train, test = extract(system, data, "train", batch_size, device), extract(system, data, "test", batch_size, device)
+             knn_k: int = 20, seed: int = 0, limit: Optional[int] = None) -> Dict[str, float]:
+    train = extract(system, data, "train", batch_size, device, limit)
+    test = extract(system, data, "test", batch_size, device, limit)
     feats_train, feats_test = train["features"], test["features"]
     metrics = {
         "linear_probe_backbone": linear_probe(train["h"], train["y"], test["h"], test["y"], data.num_classes,

@@ -24,13 +24,7 @@ def check_parts(config: Config) -> None:
     if likelihood.requires_labels and prior.value_kind is not None:
         raise ValueError(f"--likelihood {config.likelihood} is supervised and gates its features from label "
                          f"embeddings; combine it with --prior none --guide none, not --prior {config.prior}")
-    for name, value in (("temperature", config.temperature), ("gate-temperature", config.gate_temperature)):
-        if value <= 0:
-            raise ValueError(f"--{name} must be > 0, got {value}")
-    if config.feature_dim < 1:
-        raise ValueError(f"--feature-dim must be at least 1, got {config.feature_dim}")
-    if config.kl_weight < 0:
-        raise ValueError(f"--kl-weight must be >= 0, got {config.kl_weight}")
+    config.validate()
 
 
 def _kind(value_kind) -> str:

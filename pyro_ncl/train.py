@@ -17,7 +17,7 @@ from pyro.infer import TraceGraph_ELBO
 from tqdm import tqdm
 
 from pyro_ncl.batch import EncodedBatch
-from pyro_ncl.checkpoint import save_atomic
+from pyro_ncl.checkpoint import restore_training_state, save_checkpoint, training_state
 from pyro_ncl.config import Config
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.system import ContrastiveSystem
@@ -88,34 +88,68 @@ class SVITrainer:
         return loss
 
 
-def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: Path,
-          device: torch.device, progress: bool = True) -> Dict[str, float]:
+def _nonfinite_terms(system: ContrastiveSystem) -> str:
+    bad = [name for name, value in system.step_stats().items() if not math.isfinite(value)]
+    return ", ".join(bad) or "the total (every logged term is finite)"
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: Path, device: torch.device,
+          resume: Optional[dict] = None, progress: bool = True) -> Dict[str, float]:
     """Train for ``config.epochs``; write ``log.csv`` (a row every ``log_every`` steps) and ``checkpoint.pt``
-    (each epoch's end). Returns a summary with the wall time."""
+    (every ``checkpoint_every`` steps and at each epoch's end, atomically, the previous one kept as
+    ``checkpoint.prev.pt``). ``resume``: a state from ``checkpoint.training_state`` to continue from exactly
+    (same batches, same random draws). Returns a summary with the training wall time."""
     steps_per_epoch = data.steps_per_epoch(config.batch_size)
     trainer = SVITrainer(system, config, steps_per_epoch)
-    start = time.perf_counter()
-    with open(out_dir / "log.csv", "w", newline="") as log_file:
+    epoch, step_in_epoch, elapsed = 0, 0, 0.0
+    if resume is not None:
+        epoch, step_in_epoch, elapsed = restore_training_state(resume, system, trainer)
+        _truncate_log(out_dir / "log.csv", trainer.step_count)
+    else:
+        with open(out_dir / "log.csv", "w", newline="") as f:
+            csv.DictWriter(f, LOG_FIELDS).writeheader()
+    start = time.perf_counter() - elapsed
+
+    def checkpoint(epoch_: int, step_: int) -> None:
+        state = training_state(system, trainer, config, epoch_, step_, time.perf_counter() - start)
+        save_checkpoint(state, out_dir / "checkpoint.pt")
+
+    with open(out_dir / "log.csv", "a", newline="") as log_file:
         log = csv.DictWriter(log_file, LOG_FIELDS)
-        log.writeheader()
-        for epoch in range(config.epochs):
-            batches = data.train_batches(config.batch_size, epoch, config.seed, device)
-            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False)
+        while epoch < config.epochs:
+            batches = data.train_batches(config.batch_size, epoch, config.seed, device, start_step=step_in_epoch)
+            bar = tqdm(batches, total=steps_per_epoch, initial=step_in_epoch,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress else True,
+                       leave=False)
             tick = time.perf_counter()
             for x1, x2, y, index in bar:
-                loss = trainer.step(x1, x2, y, index, data.num_train)
+                try:
+                    loss = trainer.step(x1, x2, y, index, data.num_train)
+                except NonFiniteLoss as err:
+                    raise NonFiniteLoss(f"{err} (non-finite: {_nonfinite_terms(system)}); the last good checkpoint "
+                                        f"is {out_dir / 'checkpoint.pt'}") from None
+                step_in_epoch += 1
                 if trainer.step_count % config.log_every == 0 or trainer.step_count == 1:
                     now = time.perf_counter()
-                    stats = system.step_stats()
                     row = dict(step=trainer.step_count, epoch=epoch, loss=loss, lr=trainer.scheduler.get_last_lr()[0],
                                images_per_s=config.batch_size * (config.log_every if trainer.step_count > 1 else 1)
-                               / max(now - tick, 1e-9), **stats)
+                               / max(now - tick, 1e-9), **system.step_stats())
                     log.writerow({k: row.get(k, "") for k in LOG_FIELDS})
                     log_file.flush()
                     bar.set_postfix(loss=f"{loss:.4f}")
                     tick = now
-            save_atomic(dict(system=system.state_dict(), optimizer=trainer.optimizer.state_dict(),
-                             scheduler=trainer.scheduler.state_dict(), step=trainer.step_count, epoch=epoch + 1,
-                             config=config.to_dict()), out_dir / "checkpoint.pt")
+                if config.checkpoint_every and trainer.step_count % config.checkpoint_every == 0:
+                    checkpoint(epoch, step_in_epoch)
+            epoch, step_in_epoch = epoch + 1, 0
+            checkpoint(epoch, 0)
     return dict(train_seconds=time.perf_counter() - start, steps=trainer.step_count)

@@ -9,6 +9,5 @@ def _pyro_state():
     pyro.clear_param_store()
     pyro.enable_validation(True)
     pyro.set_rng_seed(0)
-    torch.set_num_threads(2)
     yield
     pyro.clear_param_store()

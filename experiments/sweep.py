@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Run ``run_svi.py`` over a grid of settings and tabulate the results (markdown + CSV) and plot them.
+
+    python experiments/sweep.py --out runs/sweep --grid prior_prob=0.2,0.5,0.8 --grid kl_weight=3e-5,3e-3 \
+        --reference runs/ncl -- --subset 10000 --epochs 3
+
+Each ``--grid KEY=V1,V2`` is an axis (a Config field; ``KEY1+KEY2=A+B,C+D`` varies fields together); the runs are
+the Cartesian product. Flags after ``--`` go to every run. A point whose folder already holds ``metrics.json`` is
+not run again, so an interrupted sweep resumes. Writes ``results.csv``, ``results.md`` and ``sweep.png`` to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pyro_ncl.config import FIELD_NAMES  # noqa: E402
+
+RUN_SVI = Path(__file__).resolve().parent / "run_svi.py"
+COLUMNS = ["linear_probe_backbone", "linear_probe_features", "knn_accuracy", "semantic_consistency", "sparsity",
+           "active_dims", "open_gates", "seconds_per_epoch"]
+
+
+def parse_axis(text: str) -> List[Dict[str, str]]:
+    """'a+b=1+2,3+4' → [{'a': '1', 'b': '2'}, {'a': '3', 'b': '4'}]."""
+    if "=" not in text:
+        raise ValueError(f"--grid {text!r}: expected KEY=V1,V2 (or KEY1+KEY2=A+B,C+D)")
+    keys, values = text.split("=", 1)
+    keys = keys.split("+")
+    for key in keys:
+        if key not in FIELD_NAMES:
+            raise ValueError(f"--grid {text!r}: {key!r} is not a setting of run_svi.py")
+    points = []
+    for value in values.split(","):
+        parts = value.split("+")
+        if len(parts) != len(keys):
+            raise ValueError(f"--grid {text!r}: {value!r} has {len(parts)} values for {len(keys)} keys")
+        points.append(dict(zip(keys, parts)))
+    return points
+
+
+def grid_points(axes: List[str]) -> List[Dict[str, str]]:
+    return [dict(kv for point in combo for kv in point.items())
+            for combo in itertools.product(*(parse_axis(axis) for axis in axes))]
+
+
+def point_name(point: Dict[str, str]) -> str:
+    return "_".join(f"{k}={v}" for k, v in point.items()) or "base"
+
+
+def run_point(point: Dict[str, str], run_dir: Path, extra: List[str]) -> Tuple[bool, str]:
+    if (run_dir / "metrics.json").exists():
+        return True, "done before"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in point.items()]
+    result = subprocess.run([sys.executable, str(RUN_SVI), *extra, *flags, "--out", str(run_dir), "--overwrite"],
+                            capture_output=True, text=True)
+    return result.returncode == 0, (result.stderr.strip().splitlines() or [""])[-1]
+
+
+def summarise(run_dir: Path, point: Dict[str, str]) -> Dict[str, object]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    row: Dict[str, object] = {"run": run_dir.name, **point}
+    row.update({k: metrics.get(k, "") for k in COLUMNS if k != "seconds_per_epoch"})
+    row["seconds_per_epoch"] = metrics["train_seconds"] / max(1, config["epochs"])
+    return row
+
+
+def write_table(rows: List[Dict[str, object]], keys: List[str], out: Path) -> None:
+    fields = ["run", *keys, *COLUMNS]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(fmt(row.get(k, "")) for k in fields) + " |" for row in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(rows: List[Dict[str, object]], out: Path, x_key: str = "linear_probe_backbone") -> None:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for row in rows:
+        marker, size = ("*", 220) if row["run"].startswith("reference:") else ("o", 50)
+        ax.scatter(row[x_key], row["semantic_consistency"], marker=marker, s=size)
+        ax.annotate(row["run"].replace("reference:", ""), (row[x_key], row["semantic_consistency"]), fontsize=6)
+    ax.set(xlabel=x_key.replace("_", " "), ylabel="semantic consistency (test)",
+           title="where does the gate raise consistency at equal accuracy?")
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> List[Dict[str, object]]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    points = grid_points(args.grid)
+    keys = list(dict.fromkeys(k for p in points for k in p))
+    rows = []
+    for i, point in enumerate(points, 1):
+        run_dir = out / point_name(point)
+        ok, message = run_point(point, run_dir, args.run_args)
+        print(f"[{i}/{len(points)}] {point_name(point)}: {'ok' if ok else 'FAILED'} {message}", flush=True)
+        if ok:
+            rows.append(summarise(run_dir, point))
+    for reference in args.reference:
+        rows.append(summarise(Path(reference), {}) | {"run": f"reference:{Path(reference).name}"})
+    write_table(rows, keys, out)
+    plot(rows, out)
+    print((out / "results.md").read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    run_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="folder of the sweep (one subfolder per run)")
+    parser.add_argument("--grid", action="append", default=[], help="an axis KEY=V1,V2 (repeatable)")
+    parser.add_argument("--reference", action="append", default=[], help="finished run folders to add to the table")
+    parsed = parser.parse_args(argv)
+    parsed.run_args = run_args
+    try:
+        main(parsed)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

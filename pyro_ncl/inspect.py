@@ -1,0 +1,218 @@
+"""Look inside a finished run: reload it, and query its posterior over gates.
+
+    run = load_run("runs/bayesncl")                 # config.json + checkpoint.pt, network in eval mode
+    x, y = load_images(run, "test", 16)             # [16, C, H, W] normalised images, [16] labels
+    gate_probabilities(run, x)                      # [16, K] q(m_d = 1 | x)
+    sample_gates(run, x, 100)                       # [100, 16, K] draws from the guide
+    posterior_entropy(run, x)                       # [K] mean Bernoulli entropy (nats): which gates are uncertain
+    class_gate_frequency(run)                       # [C, K] fraction of each class's test images opening gate d
+    switched_on(run, x[0])                          # [(dim, probability), ...] the gates image 0 opens
+
+Every query runs under ``torch.no_grad()`` with the network in eval mode (BatchNorm uses, and never updates, its
+running statistics); the system's train/eval mode is restored afterwards. Ungated methods raise ``ValueError``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as nnf
+
+from pyro_ncl.checkpoint import CheckpointError, load_checkpoint
+from pyro_ncl.config import FIELD_NAMES, Config
+from pyro_ncl.data import load_dataset
+from pyro_ncl.data.base import DataBundle
+from pyro_ncl.evaluation import extract
+from pyro_ncl.likelihoods import LIKELIHOODS
+from pyro_ncl.system import ContrastiveSystem, build_system
+
+__all__ = ["Run", "load_run", "load_images", "extract_split", "gate_probabilities", "sample_gates",
+           "posterior_entropy", "bernoulli_entropy", "gate_frequency_by_class", "class_gate_frequency",
+           "switched_on"]
+
+
+@dataclass
+class Run:
+    """A reloaded run: its folder, resolved ``config``, ``system`` (eval mode) on ``device``; ``data`` loads the
+    dataset on first use (``data_root`` overrides the folder saved in the config)."""
+
+    path: Path
+    config: Config
+    system: ContrastiveSystem
+    device: torch.device
+    data_root: Optional[str] = None
+    _data: Optional[DataBundle] = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Run({str(self.path)!r}: {c.method} prior={c.prior} guide={c.guide} likelihood={c.likelihood}, "
+                f"K={c.feature_dim}, {c.dataset}, seed {c.seed}, on {self.device})")
+
+    @property
+    def data(self) -> DataBundle:
+        if self._data is None:
+            self._data = load_dataset(self.config.dataset, self.data_root or self.config.data_root,
+                                      subset=self.config.subset)
+        return self._data
+
+    @property
+    def gated(self) -> bool:
+        return self.system.gated
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.feature_dim
+
+
+def _read_config(run_dir: Path) -> Config:
+    try:
+        values = json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{run_dir / 'config.json'} does not parse ({err.msg} at line {err.lineno})") from None
+    unknown = sorted(set(values) - FIELD_NAMES)
+    if unknown:  # written by another version of the code: the network is rebuilt without them
+        warnings.warn(f"{run_dir / 'config.json'}: ignoring unknown settings {', '.join(unknown)}")
+    return Config(**{k: v for k, v in values.items() if k in FIELD_NAMES}).resolved()
+
+
+def load_run(run_dir, device="cpu", data_root: Optional[str] = None) -> Run:
+    """Rebuild the run's system from ``config.json``, load ``checkpoint.pt``'s "system" state (``weights_only``),
+    put it in eval mode on ``device``. The dataset is loaded lazily (``run.data``)."""
+    run_dir, device = Path(run_dir), torch.device(device)
+    config = _read_config(run_dir)
+    state = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+    if "system" not in state:
+        raise CheckpointError(f"{run_dir / 'checkpoint.pt'} holds no 'system' state dict")
+    # The input channels come from the checkpoint's first convolution; the class count matters only to supervised
+    # likelihoods (label embeddings). Either way the dataset is read only when the checkpoint cannot tell.
+    run = Run(run_dir, config, None, device, data_root)  # type: ignore[arg-type]
+    in_channels = _in_channels(state["system"]) or run.data.in_channels
+    num_classes = run.data.num_classes if LIKELIHOODS[config.likelihood].requires_labels else 10  # 10: unused
+    system = build_system(config, in_channels, num_classes, device)
+    try:
+        system.load_state_dict(state["system"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{run_dir / 'checkpoint.pt'} does not fit its config.json: "
+                              f"{str(err).splitlines()[0]}") from None
+    run.system = system.eval()
+    return run
+
+
+def _in_channels(state: Dict[str, torch.Tensor]) -> Optional[int]:
+    """Input channels from the first 4-D (convolution) weight of the encoder, if any."""
+    for name, value in state.items():
+        if name.startswith("encoder.") and name.endswith("weight") and value.dim() == 4:
+            return int(value.shape[1])
+    return None
+
+
+@contextlib.contextmanager
+def _evaluating(run: Run) -> Iterator[ContrastiveSystem]:
+    """no_grad + eval mode for the duration; the previous train/eval mode is restored."""
+    was_training = run.system.training
+    run.system.eval()
+    try:
+        with torch.no_grad():
+            yield run.system
+    finally:
+        run.system.train(was_training)
+
+
+def _require_gate(run: Run) -> None:
+    if not run.gated:
+        raise ValueError(f"run {run.path} has no gate (method {run.config.method})")
+
+
+def _batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(f"images must be [N, C, H, W] or [C, H, W], got shape {tuple(x.shape)}")
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start:start + batch_size]
+
+
+def _logits(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """x [N, C, H, W] (normalised, as ``load_images`` gives) → gate logits a [N, K] on the CPU."""
+    _require_gate(run)
+    out = []
+    with _evaluating(run) as system:
+        for xb in _batches(x, run.config.eval_batch_size):
+            h, _ = system.encoder(xb.to(run.device))
+            out.append(system.guide.logits(h.float()).float().cpu())
+    return torch.cat(out)
+
+
+def load_images(run: Run, split: str = "test", n: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` (default all) images of a split, normalised as the network sees them: x [n, C, H, W], y [n]."""
+    xs, ys, have = [], [], 0
+    for x, y in run.data.eval_batches(split, run.config.eval_batch_size, "cpu"):
+        xs.append(x), ys.append(y)
+        have += x.shape[0]
+        if n is not None and have >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def extract_split(run: Run, split: str = "test", batch_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """``evaluation.extract`` of a split: h [N, F], z [N, K], features [N, K], gate [N, K] (gated runs), y [N]."""
+    return extract(run.system, run.data, split, batch_size or run.config.eval_batch_size, run.device)
+
+
+def gate_probabilities(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """[N, K] posterior open probabilities q(m_d = 1 | x) = σ(a_d) of images x [N, C, H, W]."""
+    return torch.sigmoid(_logits(run, x))
+
+
+def sample_gates(run: Run, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """[S, N, K] gate draws from the guide's posterior ``guide.posterior(logits)`` for images x [N, C, H, W]
+    ({0, 1} for hard guides, (0, 1) for the relaxed-soft guide)."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    logits = _logits(run, x)
+    with torch.no_grad():
+        return run.system.guide.posterior(logits.to(run.device)).sample((num_samples,)).float().cpu()
+
+
+def bernoulli_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Elementwise entropy (nats) of Bernoulli(σ(logits)), stable for large |logits|; in [0, log 2]."""
+    p = torch.sigmoid(logits)
+    return p * nnf.softplus(-logits) + (1 - p) * nnf.softplus(logits)
+
+
+def posterior_entropy(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """[K] per-dimension Bernoulli entropy of q(m_d | x) averaged over images x [N, C, H, W]: high = uncertain gate."""
+    return bernoulli_entropy(_logits(run, x)).mean(0)
+
+
+def gate_frequency_by_class(gate: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[C, K] fraction of the samples of class c with gate d open (gate [N, K] in {0, 1}, y [N]); NaN rows for
+    classes without samples."""
+    counts = torch.bincount(y.long(), minlength=num_classes).to(torch.float64)
+    sums = torch.zeros(num_classes, gate.shape[1], dtype=torch.float64).index_add_(0, y.long(), (gate > 0.5).double())
+    return (sums / counts.unsqueeze(1)).float()
+
+
+def class_gate_frequency(run: Run, split: str = "test") -> torch.Tensor:
+    """[C, K] fraction of the split's images of each class that open gate d under the test-time gate 1[a > 0]."""
+    _require_gate(run)
+    out = extract_split(run, split)
+    return gate_frequency_by_class(out["gate"], out["y"], run.data.num_classes)
+
+
+def switched_on(run: Run, image: torch.Tensor) -> List[Tuple[int, float]]:
+    """The dimensions one image [C, H, W] (or [1, C, H, W]) opens (test-time gate: σ(a_d) > 0.5), as
+    (dim, probability) pairs, most probable first."""
+    if image.dim() == 4 and image.shape[0] != 1:
+        raise ValueError(f"switched_on takes one image, got a batch of {image.shape[0]}")
+    logits = _logits(run, image)[0]
+    probs = torch.sigmoid(logits)
+    dims = (logits > 0).nonzero().squeeze(1).tolist()
+    return sorted(((d, float(probs[d])) for d in dims), key=lambda item: (-item[1], item[0]))

@@ -1,0 +1,122 @@
+"""experiments/evaluate.py and experiments/compare.py on tiny trained runs."""
+import importlib.util
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+TINY = ("--subset", "256", "--epochs", "1", "--batch-size", "64", "--width", "4", "--hidden-dim", "32",
+        "--feature-dim", "16", "--probe-epochs", "2")
+FIGURES = ("top_dims.png", "retrieval.png", "sparsity.png", "tsne.png")
+
+pytestmark = pytest.mark.skipif(not FASHION.exists(),
+                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_run(tmp_path_factory, method: str) -> Path:
+    """A tiny trained run of ``method``, made once per test session (shared through the session's temp root)."""
+    out = tmp_path_factory.getbasetemp() / "tiny_runs" / method
+    if not (out / "metrics.json").exists():
+        result = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_svi.py"), *TINY, "--method", method,
+                                 "--out", str(out), "--overwrite"], capture_output=True, text=True, timeout=300,
+                                cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return {method: tiny_run(tmp_path_factory, method) for method in ("bayesncl", "ncl")}
+
+
+def test_evaluate_writes_metrics_and_figures_of_a_gated_run(runs):
+    run_dir = runs["bayesncl"]
+    own = (run_dir / "metrics.json").read_bytes()
+    evaluate = script("evaluate")
+    metrics = evaluate.main(evaluate.parser().parse_args([str(run_dir), "--device", "cpu", "--probe-epochs", "1",
+                                                          "--tsne-samples", "200"]))
+    assert (run_dir / "metrics.json").read_bytes() == own  # the run's own metrics are kept
+    saved = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert saved["importance"] == "gate_frequency" and saved["method"] == "bayesncl"
+    for key in ("semantic_consistency", "sparsity", "active_dims", "entropy_freq", "effective_rank", "orthogonality",
+                "knn_accuracy", "linear_probe_backbone", "linear_probe_features", "open_gates", "retrieval_p1"):
+        assert key in saved, key
+    for key in ("knn_accuracy", "linear_probe_backbone", "linear_probe_features", "open_gates", "sparsity"):
+        assert 0 <= saved[key] <= 1, key
+    assert set(saved["retrieval"]) == {"16"} and set(saved["retrieval"]["16"]) == {"P@1", "P@3", "P@5", "P@10"}
+    assert saved["retrieval_p1"] == saved["retrieval"]["16"]["P@1"] and set(saved["feature_selection"]) == {"16"}
+    assert saved["knn_accuracy"] == metrics["knn_accuracy"]
+    for name in (*FIGURES, "gate_frequency_by_class.png"):
+        assert (run_dir / "eval" / name).stat().st_size > 1000, name
+
+
+def test_evaluate_cli_on_an_ungated_run(runs, tmp_path):
+    run_dir = runs["ncl"]
+    cmd = [sys.executable, str(ROOT / "experiments" / "evaluate.py"), str(run_dir), "--device", "cpu",
+           "--probe-epochs", "1", "--tsne-samples", "100"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert saved["importance"] == "column_sum" and "open_gates" not in saved
+    for name in FIGURES:
+        assert (run_dir / "eval" / name).stat().st_size > 1000, name
+    assert not (run_dir / "eval" / "gate_frequency_by_class.png").exists()
+    bad = subprocess.run(cmd[:2] + [str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "config.json" in bad.stderr
+
+
+def _copy_run(src: Path, dst: Path, **changes) -> Path:
+    """A run folder with config.json and metrics.json only, its config (and metrics) changed."""
+    dst.mkdir(parents=True)
+    config = json.loads((src / "config.json").read_text())
+    metrics = json.loads((src / "metrics.json").read_text())
+    config.update({k: v for k, v in changes.items() if k in config})
+    metrics.update({k: v for k, v in changes.items() if k not in config})
+    (dst / "config.json").write_text(json.dumps(config))
+    (dst / "metrics.json").write_text(json.dumps(metrics))
+    return dst
+
+
+def test_compare_groups_seeds_and_settings(runs, tmp_path):
+    b, n = runs["bayesncl"], runs["ncl"]
+    dirs = [_copy_run(b, tmp_path / "b0", seed=0, knn_accuracy=0.30),
+            _copy_run(b, tmp_path / "b1", seed=1, knn_accuracy=0.40),
+            _copy_run(b, tmp_path / "b2", seed=2, knn_accuracy=0.35),
+            _copy_run(b, tmp_path / "pi", prior_prob=0.5),
+            _copy_run(b, tmp_path / "det", guide="deterministic"),
+            _copy_run(n, tmp_path / "n0")]
+    (dirs[0] / "eval").mkdir()
+    (dirs[0] / "eval" / "metrics.json").write_text(json.dumps({"retrieval_p1": 0.625, "knn_accuracy": 0.30}))
+    (tmp_path / "unfinished").mkdir()
+    compare = script("compare")
+    stats = compare.main(compare.parser().parse_args([*map(str, dirs), str(tmp_path / "unfinished"),
+                                                      "--out", str(tmp_path / "cmp")]))
+    assert set(stats) == {"bayesncl", "bayesncl prior_prob=0.5", "bayesncl guide=deterministic", "ncl"}
+    knn = stats["bayesncl"]["knn_accuracy"]
+    assert knn["n"] == 3 and knn["mean"] == pytest.approx(0.35)
+    assert knn["std"] == pytest.approx(statistics.stdev([0.30, 0.40, 0.35]))
+    assert stats["bayesncl"]["retrieval_p1"]["n"] == 1  # from eval/metrics.json, where present
+    assert stats["ncl"]["open_gates"]["n"] == 0
+
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    lines = table.splitlines()
+    assert lines[0].startswith("| group | runs | linear_probe_backbone |") and "open_gates" in lines[0]
+    rows = {line.split("|")[1].strip(): line for line in lines[2:] if line.startswith("| ")}
+    assert set(rows) == set(stats)
+    assert "| bayesncl | 3 |" in rows["bayesncl"] and "0.350 ± 0.050 (3)" in rows["bayesncl"]
+    assert "0.625 (1)" in rows["bayesncl"] and "–" in rows["ncl"] and "| ncl | 1 |" in rows["ncl"]
+    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
+    shutil.rmtree(tmp_path / "cmp")

@@ -1,0 +1,141 @@
+"""pyro_ncl.inspect on a tiny trained run, and the inspection notebook executed end to end."""
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_ncl.inspect import (bernoulli_entropy, class_gate_frequency, extract_split, gate_frequency_by_class,
+                              gate_probabilities, load_images, load_run, posterior_entropy, sample_gates,
+                              switched_on)
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+TINY = ("--subset", "256", "--epochs", "1", "--batch-size", "64", "--width", "4", "--hidden-dim", "32",
+        "--feature-dim", "16", "--probe-epochs", "2")
+NOTEBOOK = ROOT / "experiments" / "notebooks" / "inspect_gates.ipynb"
+
+pytestmark = pytest.mark.skipif(not FASHION.exists(),
+                                reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def tiny_run(tmp_path_factory, method: str) -> Path:
+    """A tiny trained run of ``method``, made once per test session (shared through the session's temp root)."""
+    out = tmp_path_factory.getbasetemp() / "tiny_runs" / method
+    if not (out / "metrics.json").exists():
+        result = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_svi.py"), *TINY, "--method", method,
+                                 "--out", str(out), "--overwrite"], capture_output=True, text=True, timeout=300,
+                                cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return load_run(tiny_run(tmp_path_factory, "bayesncl"))
+
+
+@pytest.fixture(scope="module")
+def images(run):
+    return load_images(run, "test", 64)
+
+
+def test_load_run_rebuilds_the_system_in_eval_mode(run):
+    assert not run.system.training and run.gated
+    assert (run.config.method, run.config.prior, run.config.feature_dim) == ("bayesncl", "bernoulli", 16)
+    assert "bayesncl" in repr(run) and len(repr(run)) < 300
+    assert run.data.num_classes == 10
+
+
+def test_load_run_refuses_a_folder_without_a_run(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        load_run(tmp_path)
+
+
+def test_probabilities_samples_and_entropy(run, images):
+    x, _ = images
+    probs = gate_probabilities(run, x)
+    assert probs.shape == (64, 16) and float(probs.min()) >= 0 and float(probs.max()) <= 1
+    # the test-time gate of the system is 1[q > 0.5]
+    assert torch.equal(run.system.features(x)["gate"].bool(), probs > 0.5)
+
+    samples = sample_gates(run, x, 4)
+    assert samples.shape == (4, 64, 16) and set(samples.unique().tolist()) <= {0.0, 1.0}
+    many = sample_gates(run, x[:4], 3000)  # the draws follow q: mean within ~5 standard errors of σ(a)
+    assert float((many.mean(0) - probs[:4]).abs().max()) < 0.05
+
+    entropy = posterior_entropy(run, x)
+    naive = -(probs * probs.log() + (1 - probs) * (1 - probs).log()).mean(0)
+    assert entropy.shape == (16,) and torch.allclose(entropy, naive, atol=1e-5)
+    assert float(entropy.min()) >= 0 and float(entropy.max()) <= math.log(2) + 1e-6
+    assert float(bernoulli_entropy(torch.tensor([-200.0, 0.0, 200.0]))[1]) == pytest.approx(math.log(2))
+
+
+def test_class_gate_frequency_matches_a_loop_over_the_test_gates(run):
+    freq = class_gate_frequency(run, "test")
+    test = extract_split(run, "test")
+    assert freq.shape == (10, 16) and float(freq.min()) >= 0 and float(freq.max()) <= 1
+    rows = {c: [] for c in range(10)}
+    for gate, label in zip(test["gate"], test["y"].tolist()):
+        rows[label].append(gate)
+    for c in range(10):
+        assert torch.allclose(freq[c], torch.stack(rows[c]).mean(0), atol=1e-6)
+    empty = gate_frequency_by_class(torch.ones(3, 2), torch.tensor([0, 0, 2]), 4)
+    assert torch.equal(empty[0], torch.ones(2)) and torch.isnan(empty[1]).all()
+
+
+def test_switched_on_lists_the_open_dims_most_probable_first(run, images):
+    x, _ = images
+    on = switched_on(run, x[3])
+    probs = gate_probabilities(run, x[3:4])[0]
+    assert [d for d, _ in on] == sorted((probs > 0.5).nonzero().squeeze(1).tolist(), key=lambda d: -float(probs[d]))
+    assert all(p > 0.5 and p == pytest.approx(float(probs[d])) for d, p in on)
+    assert switched_on(run, x[3:4]) == on
+    with pytest.raises(ValueError, match="one image"):
+        switched_on(run, x[:2])
+
+
+def test_queries_never_touch_batchnorm_statistics(run, images):
+    x, _ = images
+    before = {k: v.clone() for k, v in run.system.state_dict().items()}
+    run.system.train()  # even when left in train mode by the caller
+    try:
+        gate_probabilities(run, x), sample_gates(run, x, 2), posterior_entropy(run, x), switched_on(run, x[0])
+        class_gate_frequency(run, "train")
+        assert run.system.training  # the caller's mode is restored
+    finally:
+        run.system.eval()
+    after = run.system.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the check can fail: a train-mode forward pass moves the running statistics
+    probe = copy.deepcopy(run.system).train()
+    with torch.no_grad():
+        probe.encoder(x)
+    assert any(not torch.equal(before[k], v) for k, v in probe.state_dict().items() if "running" in k)
+
+
+def test_ungated_run_is_refused_by_name(tmp_path_factory, images):
+    x, _ = images
+    ncl = load_run(tiny_run(tmp_path_factory, "ncl"))
+    for query in (lambda: gate_probabilities(ncl, x), lambda: sample_gates(ncl, x, 2),
+                  lambda: posterior_entropy(ncl, x), lambda: class_gate_frequency(ncl),
+                  lambda: switched_on(ncl, x[0])):
+        with pytest.raises(ValueError, match=r"has no gate \(method ncl\)"):
+            query()
+
+
+def test_notebook_executes(run, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "committed with outputs"
+    assert 'os.environ.get("RUN_DIR", "runs/bayesncl")' in nb.cells[1].source
+    monkeypatch.setenv("RUN_DIR", str(run.path))
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4

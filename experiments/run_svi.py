@@ -21,7 +21,8 @@ import torch
 from guides import GUIDES
 from models import PRIORS
 from pyro_ncl.checkpoint import CheckpointError, load_latest
-from pyro_ncl.config import FIELD_NAMES, METHODS, Config, build_parser, config_from_args, save_config
+from pyro_ncl.config import (FIELD_NAMES, METHODS, Config, build_parser, config_from_args, dataset_options,
+                             save_config)
 from pyro_ncl.data import DATASETS, DatasetNotFound, load_dataset
 from pyro_ncl.encoders import BACKBONES, NON_NEGATIVITY
 from pyro_ncl.evaluation import evaluate
@@ -88,7 +89,8 @@ def check_resumable(state: dict, config: Config) -> None:
 def main(args) -> dict:
     config = (resume_config(args) if args.resume else config_from_args(args)).resolved().validate()
     device = resolve_device(config.device)
-    data = load_dataset(config.dataset, config.data_root, subset=config.subset, num_workers=config.num_workers)
+    data = load_dataset(config.dataset, config.data_root, subset=config.subset, num_workers=config.num_workers,
+                        **dataset_options(config))
     data.steps_per_epoch(config.batch_size)  # validates the batch size before anything is written
     seed_everything(config.seed)
     system = build_system(config, data.in_channels, data.num_classes, device)

@@ -42,6 +42,11 @@ class Config:
                                     f"{DEFAULT_FASHION_MNIST_ROOT} for fashion-mnist)", default=None)
     subset: Optional[int] = _opt("train on the first N training images only", default=None)
     num_workers: int = _opt("data-loader worker processes (file-based datasets)", default=0)
+    image_size: Optional[int] = _opt("imagenet100: crop size in px (evaluation resizes to size·256/224)", default=None)
+    download: bool = _opt("cifar10/cifar100/stl10: download into --data-root first (only when asked)", default=False)
+    skip_bad_images: bool = _opt("file datasets: skip and count unreadable images instead of stopping", default=False)
+    spurious_correlation: Optional[float] = _opt("scenes: probability that an image's background is its class's "
+                                                 "own (0: independent)", default=None)
     # method: a preset of part names, each overridable
     method: str = _opt("method preset: a row of (prior, guide, likelihood, non-negativity)", default="bayesncl")
     prior: Optional[str] = _opt("gate prior (default: the method's)", default=None)
@@ -126,6 +131,12 @@ class Config:
 
 
 FIELD_NAMES = {f.name for f in fields(Config)}
+DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "spurious_correlation")
+
+
+def dataset_options(config: Config) -> Dict[str, Any]:
+    """The dataset-specific settings that were given (a dataset refuses options it does not take, by name)."""
+    return {k: getattr(config, k) for k in DATASET_OPTIONS if getattr(config, k) not in (None, False)}
 
 
 def load_preset(name_or_path: str) -> Dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import torch
 
 from pyro_ncl.data.base import DataBundle
+from pyro_ncl.data.scenes import background_leakage
 from pyro_ncl.metrics import active_dims, semantic_consistency, sparsity
 from pyro_ncl.probes import knn_accuracy, linear_probe
 from pyro_ncl.system import ContrastiveSystem
@@ -58,4 +59,9 @@ def evaluate(system: ContrastiveSystem, data: DataBundle, *, batch_size: int, de
     }
     if "gate" in test:
         metrics["open_gates"] = float(test["gate"].mean())
+    if hasattr(data, "train_background"):  # composed scenes: is the shared background readable from the features?
+        n_train, n_test = len(feats_train), len(feats_test)
+        metrics["background_leakage"] = background_leakage(
+            feats_train, data.train_background[:n_train], feats_test, data.test_background[:n_test],
+            epochs=probe_epochs, seed=seed, device=device)
     return {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}

@@ -145,6 +145,7 @@ BAD_INPUTS = [
     (["--feature-dim", "0"], "--feature-dim must be at least 1, got 0"),
     (["--out", "/proc/forbidden"], "is not writable"),
     (["--preset", "nosuch"], "preset 'nosuch' not found"),
+    (["--download"], "unknown option(s) for dataset fashion-mnist: download"),
 ]
 
 

@@ -61,3 +61,12 @@ def test_help_lists_every_registered_name():
     for names in (DATASETS.names(), PRIORS.names(), GUIDES.names(), LIKELIHOODS.names(), sorted(METHODS)):
         for name in names:
             assert name in text
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_scenes_run_reports_background_leakage(tmp_path):
+    result = run("--dataset", "scenes", "--subset", "512", "--epochs", "1", "--width", "4", "--hidden-dim", "32",
+                 "--feature-dim", "16", "--probe-epochs", "2", "--eval-subset", "1000", "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert 0.0 <= metrics["background_leakage"] <= 1.0

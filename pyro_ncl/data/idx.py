@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pyro_ncl.data.base import DATASETS, DatasetNotFound, InMemoryData, ImageTensors
+from pyro_ncl.data.folder import reject_options
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -50,14 +51,15 @@ def load_idx_split(root: Path, split: str, name: str) -> ImageTensors:
 
 
 def _idx_dataset(name: str):
-    def build(root=None, num_workers: int = 0, **options) -> InMemoryData:
+    def build(root=None, subset=None, num_workers: int = 0, **options) -> InMemoryData:
         """``num_workers`` is accepted for a uniform interface: in-memory data need no workers."""
+        reject_options(name, options)
         folder = Path(root or DEFAULT_ROOTS[name])
         if not folder.is_dir():
             raise DatasetNotFound(f"{name} not found: {folder} is not a folder; {HOW_TO_GET[name]}, or pass --data-root")
         mean, std = STATS[name]
         return InMemoryData(name, load_idx_split(folder, "train", name), load_idx_split(folder, "test", name),
-                            num_classes=10, mean=mean, std=std, **options)
+                            num_classes=10, mean=mean, std=std, subset=subset)
     return build
 
 

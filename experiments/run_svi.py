@@ -4,6 +4,7 @@
     python experiments/run_svi.py                              # BayesNCL on Fashion-MNIST, ≈15 min on 2 cores
     python experiments/run_svi.py --method ncl --out runs/ncl
     python experiments/run_svi.py --dataset imagenet100 --data-root /data/imagenet --backbone resnet18 ...
+    torchrun --nproc_per_node=4 experiments/run_svi.py --batch-size 1024 ...   # 4 processes, 256 images each
 
 Writes to --out: config.json, log.csv, checkpoint.pt, metrics.json, loss.png.
 """
@@ -20,6 +21,7 @@ import torch
 
 from guides import GUIDES
 from models import PRIORS
+from pyro_ncl import distributed
 from pyro_ncl.checkpoint import CheckpointError, load_latest
 from pyro_ncl.config import (FIELD_NAMES, METHODS, Config, build_parser, config_from_args, dataset_options,
                              save_config)
@@ -28,7 +30,7 @@ from pyro_ncl.encoders import BACKBONES, NON_NEGATIVITY
 from pyro_ncl.evaluation import evaluate
 from pyro_ncl.likelihoods import LIKELIHOODS
 from pyro_ncl.plots import plot_loss_curve
-from pyro_ncl.system import build_system
+from pyro_ncl.system import accelerate, build_system
 from pyro_ncl.train import NonFiniteLoss, resolve_device, seed_everything, train
 
 RESULT_FILES = ("metrics.json", "checkpoint.pt", "checkpoint.prev.pt", "log.csv")
@@ -86,26 +88,47 @@ def check_resumable(state: dict, config: Config) -> None:
                              f"not {getattr(config, key)!r}")
 
 
+def _new_run_dir(config: Config) -> Path:
+    out = prepare_out_dir(config)
+    save_config(config, out / "config.json")
+    return out
+
+
 def main(args) -> dict:
+    """Under torchrun (WORLD_SIZE > 1) every process trains on its shard of each global batch; rank 0 alone
+    writes config.json, log.csv, checkpoints, metrics.json and loss.png, and evaluates while the others wait."""
     config = (resume_config(args) if args.resume else config_from_args(args)).resolved().validate()
-    device = resolve_device(config.device)
+    device = distributed.setup(resolve_device(config.device))
+    distributed.check_supported(config, LIKELIHOODS[config.likelihood], GUIDES[config.guide])
+    main_process = distributed.is_main()
     data = load_dataset(config.dataset, config.data_root, subset=config.subset, num_workers=config.num_workers,
                         **dataset_options(config))
     data.steps_per_epoch(config.batch_size)  # validates the batch size before anything is written
     seed_everything(config.seed)
     system = build_system(config, data.in_channels, data.num_classes, device)
+    distributed.convert_batchnorm(system.encoder, device)  # BatchNorm over the global batch (G > 1 only)
+    distributed.broadcast_module(system)
+    accelerate(system, config.amp, config.channels_last, config.compile)
+    if distributed.is_distributed():
+        distributed.seed_rank(config.seed)  # independent gate noise per process
     state = None
     if config.resume:
         out = Path(config.resume)
-        state = load_latest(out)
+        state = load_latest(out)  # every process loads the checkpoint
         check_resumable(state, config)
-        print(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
+        if main_process:
+            print(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
     else:
-        out = prepare_out_dir(config)
-        save_config(config, out / "config.json")
-    print(f"{config.method}: prior={config.prior} guide={config.guide} likelihood={config.likelihood} "
-          f"non_neg={config.non_neg} | {config.dataset} ({data.num_train} train images) on {device} → {out}")
+        out = distributed.main_first(lambda: _new_run_dir(config))
+    if main_process:
+        processes = f", {distributed.world_size()} processes" if distributed.is_distributed() else ""
+        print(f"{config.method}: prior={config.prior} guide={config.guide} likelihood={config.likelihood} "
+              f"non_neg={config.non_neg} | {config.dataset} ({data.num_train} train images) on {device}{processes} "
+              f"→ {out}")
     summary = train(system, data, config, out, device, resume=state)
+    if not main_process:
+        distributed.barrier()  # rank 0 evaluates and writes the results
+        return {}
     start = time.perf_counter()
     metrics = evaluate(system, data, batch_size=config.eval_batch_size, device=device,
                        probe_epochs=config.probe_epochs, knn_k=config.knn_k, seed=config.seed,
@@ -114,6 +137,7 @@ def main(args) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_loss_curve(out / "log.csv", out / "loss.png")
     print(json.dumps(metrics, indent=2))
+    distributed.barrier()
     return metrics
 
 
@@ -125,11 +149,14 @@ def cli(argv=None) -> int:
     try:
         main(args)
     except (ValueError, DatasetNotFound, CheckpointError, NonFiniteLoss) as err:
-        print(f"error: {err}", file=sys.stderr)
+        distributed.report_error(str(err))  # under torchrun: one line, from rank 0
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume from the last checkpoint in --out", file=sys.stderr)
+        if distributed.is_main():
+            print("interrupted; resume with --resume from the last checkpoint in --out", file=sys.stderr)
         return 130
+    finally:
+        distributed.cleanup()
     return 0
 
 

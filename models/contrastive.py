@@ -18,6 +18,7 @@ import pyro
 import pyro.poutine as poutine
 import torch.nn as nn
 
+from pyro_ncl import distributed
 from pyro_ncl.batch import EncodedBatch, views_plate
 from pyro_ncl.ops import safe_normalize
 
@@ -38,9 +39,18 @@ class ContrastiveModel(nn.Module):
         z = safe_normalize(batch.z)
         if self.prior is not None:
             z = safe_normalize(z * self._gate(batch))
-        loss = self.likelihood(z, batch.labels)
+        loss = self._contrastive(z, batch)
         self.last_stats = {"contrastive": loss.detach()}
         pyro.factor("contrastive", -batch.dataset_views * loss)
+
+    def _contrastive(self, z, batch: EncodedBatch):
+        """The batch-mean loss; over G processes (``pyro_ncl.distributed``) the mean over this process's 2b
+        anchor views of the per-view loss against the gathered global batch of 2B views (with gradient): G ×
+        this process's share of the global mean, matching the views plate's scale 2N/(2b) = G · 2N/(2B)."""
+        if not distributed.is_distributed():
+            return self.likelihood(z, batch.labels)
+        rows = distributed.local_view_rows(z.shape[0] // 2, z.device)
+        return self.likelihood.per_view(distributed.gather_views(z), rows=rows).mean()
 
     def _gate(self, batch: EncodedBatch):
         device, num_dims = batch.z.device, batch.z.shape[-1]

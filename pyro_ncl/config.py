@@ -87,6 +87,13 @@ class Config:
     warmup_epochs: float = _opt("linear warm-up length (epochs) before the cosine decay", default=0.5)
     seed: int = _opt("random seed", default=0)
     device: str = _opt("auto | cpu | cuda | cuda:N", default="auto")
+    # speed (the objective is unchanged; see README "Multiple GPUs / processes" for torchrun)
+    amp: str = _opt("mixed precision of the encoder: none | bf16 (autocast of the encoder only; the gate head, "
+                    "the distributions and the loss stay fp32; allowed on the CPU too, where it is rarely faster)",
+                    default="none")
+    channels_last: bool = _opt("channels-last memory format for the encoder's images and weights", default=False)
+    compile: bool = _opt("torch.compile the encoder (needs a C++ compiler on the CPU; the first steps are slow)",
+                         default=False)
     # evaluation and output
     eval_subset: Optional[int] = _opt("evaluate on the first N images of each split only (quick checks)",
                                       default=None)
@@ -120,7 +127,9 @@ class Config:
                   (self.lr > 0 and self.gate_lr > 0, f"learning rates must be > 0, got {self.lr}, {self.gate_lr}"),
                   (self.subset is None or self.subset >= 2, f"--subset must be at least 2, got {self.subset}"),
                   (self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}"),
-                  (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")]
+                  (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}"),
+                  (self.amp in ("none", "bf16"), f"--amp must be none or bf16, got {self.amp!r} (fp16 would need "
+                                                 f"loss scaling, which this trainer does not do)")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

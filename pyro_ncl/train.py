@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -16,10 +18,11 @@ import torch
 from pyro.infer import TraceGraph_ELBO
 from tqdm import tqdm
 
+from pyro_ncl import distributed
 from pyro_ncl.batch import EncodedBatch
-from pyro_ncl.checkpoint import restore_training_state, save_checkpoint, training_state
+from pyro_ncl.checkpoint import _rng_state, _set_rng_state, restore_training_state, save_checkpoint, training_state
 from pyro_ncl.config import Config
-from pyro_ncl.data.base import DataBundle
+from pyro_ncl.data.base import DataBundle, local_train_batches
 from pyro_ncl.system import ContrastiveSystem
 
 LOG_FIELDS = ["step", "epoch", "loss", "contrastive", "gate_kl", "open_gates", "lr", "images_per_s"]
@@ -68,17 +71,34 @@ class SVITrainer:
         warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup))
         self.step_count = 0
+        self.world_size = distributed.world_size()
+        self._reduced_stats: Optional[Dict[str, float]] = None
 
     def objective(self, batch: EncodedBatch):
         """Model and guide scaled by 1/(2N): the loss is the negative ELBO per view of the dataset."""
         scale = 1.0 / batch.dataset_views
         return poutine.scale(self.system.model.model, scale), poutine.scale(self.system.guide.guide, scale)
 
-    def step(self, x1, x2, y, index, num_images: int) -> float:
+    def loss_and_grads(self, x1, x2, y, index, num_images: int) -> float:
+        """The loss per view and its gradients in ``.grad`` (no optimiser step). Over G processes (each with its
+        shard of the global batch): the loss, the step statistics and every gradient are averaged over the
+        processes in one all-reduce, which makes them those of one process with the whole global batch (see
+        ``pyro_ncl.distributed``)."""
         self.system.train()
         batch = self.system.encode(x1, x2, index, num_images, y)
         model, guide = self.objective(batch)
         loss = self.elbo.loss_and_grads(model, guide, batch)
+        if self.world_size > 1:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            loss, self._reduced_stats = distributed.average_gradients(params, loss, self.system.step_stats())
+        return loss
+
+    def step_stats(self) -> Dict[str, float]:
+        """The last step's diagnostics (averaged over the processes when there are several)."""
+        return dict(self._reduced_stats) if self._reduced_stats is not None else self.system.step_stats()
+
+    def step(self, x1, x2, y, index, num_images: int) -> float:
+        loss = self.loss_and_grads(x1, x2, y, index, num_images)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the objective became {loss} at step {self.step_count}")
         self.optimizer.step()
@@ -88,8 +108,9 @@ class SVITrainer:
         return loss
 
 
-def _nonfinite_terms(system: ContrastiveSystem) -> str:
-    bad = [name for name, value in system.step_stats().items() if not math.isfinite(value)]
+def _nonfinite_terms(system: ContrastiveSystem, stats: Optional[Dict[str, float]] = None) -> str:
+    stats = system.step_stats() if stats is None else stats
+    bad = [name for name, value in stats.items() if not math.isfinite(value)]
     return ", ".join(bad) or "the total (every logged term is finite)"
 
 
@@ -111,39 +132,49 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
     (same batches, same random draws). Returns a summary with the training wall time."""
     steps_per_epoch = data.steps_per_epoch(config.batch_size)
     trainer = SVITrainer(system, config, steps_per_epoch)
+    rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     epoch, step_in_epoch, elapsed = 0, 0, 0.0
     if resume is not None:
         epoch, step_in_epoch, elapsed = restore_training_state(resume, system, trainer)
-        _truncate_log(out_dir / "log.csv", trainer.step_count)
-    else:
+        _restore_rank_rng(resume, config)
+        if main:
+            _truncate_log(out_dir / "log.csv", trainer.step_count)
+    elif main:
         with open(out_dir / "log.csv", "w", newline="") as f:
             csv.DictWriter(f, LOG_FIELDS).writeheader()
     start = time.perf_counter() - elapsed
 
     def checkpoint(epoch_: int, step_: int) -> None:
-        state = training_state(system, trainer, config, epoch_, step_, time.perf_counter() - start)
-        save_checkpoint(state, out_dir / "checkpoint.pt")
+        # every process takes part (its RNG state is gathered); rank 0 writes
+        rng_ranks = distributed.all_gather_objects(_rng_state()) if world_size > 1 else None
+        if main:
+            state = training_state(system, trainer, config, epoch_, step_, time.perf_counter() - start)
+            if rng_ranks is not None:
+                state.update(rng_ranks=rng_ranks, world_size=world_size)
+            save_checkpoint(state, out_dir / "checkpoint.pt")
 
-    with open(out_dir / "log.csv", "a", newline="") as log_file:
+    with (open(out_dir / "log.csv", "a", newline="") if main else open(os.devnull, "w")) as log_file:
         log = csv.DictWriter(log_file, LOG_FIELDS)
         while epoch < config.epochs:
-            batches = data.train_batches(config.batch_size, epoch, config.seed, device, start_step=step_in_epoch)
+            batches = local_train_batches(data, config.batch_size, epoch, config.seed, device,
+                                          start_step=step_in_epoch, rank=rank, world_size=world_size)
             bar = tqdm(batches, total=steps_per_epoch, initial=step_in_epoch,
-                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress else True,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress and main else True,
                        leave=False)
             tick = time.perf_counter()
             for x1, x2, y, index in bar:
                 try:
                     loss = trainer.step(x1, x2, y, index, data.num_train)
                 except NonFiniteLoss as err:
-                    raise NonFiniteLoss(f"{err} (non-finite: {_nonfinite_terms(system)}); the last good checkpoint "
+                    raise NonFiniteLoss(f"{err} (non-finite: {_nonfinite_terms(system, trainer.step_stats())}); "
+                                        f"the last good checkpoint "
                                         f"is {out_dir / 'checkpoint.pt'}") from None
                 step_in_epoch += 1
                 if trainer.step_count % config.log_every == 0 or trainer.step_count == 1:
                     now = time.perf_counter()
                     row = dict(step=trainer.step_count, epoch=epoch, loss=loss, lr=trainer.scheduler.get_last_lr()[0],
                                images_per_s=config.batch_size * (config.log_every if trainer.step_count > 1 else 1)
-                               / max(now - tick, 1e-9), **system.step_stats())
+                               / max(now - tick, 1e-9), **trainer.step_stats())
                     log.writerow({k: row.get(k, "") for k in LOG_FIELDS})
                     log_file.flush()
                     bar.set_postfix(loss=f"{loss:.4f}")
@@ -153,3 +184,20 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
             epoch, step_in_epoch = epoch + 1, 0
             checkpoint(epoch, 0)
     return dict(train_seconds=time.perf_counter() - start, steps=trainer.step_count)
+
+
+def _restore_rank_rng(state: dict, config: Config) -> None:
+    """Over G processes each continues its own random stream: ``rng_ranks[rank]`` of a checkpoint written by as
+    many processes (``restore_training_state`` has set rank 0's, the single-process ``rng``). A checkpoint of
+    another number of processes gives the same batches but a fresh per-rank stream (gate noise differs)."""
+    world_size = distributed.world_size()
+    saved = state.get("rng_ranks")
+    written_by = len(saved) if saved is not None else 1
+    if saved is not None and written_by == world_size:
+        _set_rng_state(saved[distributed.rank()])
+    elif written_by != world_size:
+        if world_size > 1:
+            distributed.seed_rank(config.seed * 7_919 + state["step"])
+        if distributed.is_main():
+            print(f"warning: checkpoint written by {written_by} process(es), resumed by {world_size}: same "
+                  f"batches, other gate noise", file=sys.stderr)

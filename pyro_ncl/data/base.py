@@ -7,9 +7,14 @@ A dataset factory ``DATASETS[name](root=None, subset=None, **options)`` returns 
         augmented, normalised views [B, C, S, S] on ``device``, labels [B] and dataset indices [B]; the order and
         the views depend only on (seed, epoch, step), so a resumed run sees the same batches;
     ``eval_batches(split, batch_size, device)`` → iterator of (x, y), split "train" or "test", no augmentation.
+
+Data parallelism (``pyro_ncl.distributed``): ``train_batches(..., rank=r, world_size=G)`` (in-memory and
+folder datasets) yields process r's contiguous shard, rows r·B/G .. (r+1)·B/G − 1, of the very global batch of B
+images (and views) that one process would get; ``local_train_batches`` does the same for any dataset.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Tuple
 
@@ -32,6 +37,39 @@ def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
 
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_items, generator=step_generator(seed, epoch, -1))
+
+
+def shard_size(batch_size: int, world_size: int) -> int:
+    """b = B / G, the images each of G processes takes from a global batch of B (B % G != 0 is refused)."""
+    if world_size < 1:
+        raise ValueError(f"world size must be at least 1, got {world_size}")
+    if batch_size % world_size:
+        raise ValueError(f"--batch-size {batch_size} is not divisible by the {world_size} processes (WORLD_SIZE): "
+                         f"each takes batch-size / {world_size} images of the global batch")
+    return batch_size // world_size
+
+
+def shard_rows(batch_size: int, rank: int, world_size: int) -> slice:
+    """The rows of a global batch of ``batch_size`` that process ``rank`` of ``world_size`` takes."""
+    b = shard_size(batch_size, world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    return slice(rank * b, (rank + 1) * b)
+
+
+def local_train_batches(data: "DataBundle", batch_size: int, epoch: int, seed: int, device, start_step: int = 0,
+                        rank: int = 0, world_size: int = 1) -> Iterator:
+    """This process's shard of every global batch of ``data.train_batches``: the dataset's own sharding when its
+    ``train_batches`` takes ``rank``/``world_size``, else the global batch sliced (each process then loads and
+    augments all B images). ``world_size == 1``: ``data.train_batches`` unchanged."""
+    if world_size == 1:
+        return data.train_batches(batch_size, epoch, seed, device, start_step=start_step)
+    rows = shard_rows(batch_size, rank, world_size)
+    if "world_size" in inspect.signature(data.train_batches).parameters:
+        return data.train_batches(batch_size, epoch, seed, device, start_step=start_step, rank=rank,
+                                  world_size=world_size)
+    return (tuple(part[rows] for part in batch)
+            for batch in data.train_batches(batch_size, epoch, seed, device, start_step=start_step))
 
 
 def check_subset(subset: Optional[int], available: int, name: str) -> int:
@@ -98,15 +136,20 @@ class InMemoryData(DataBundle):
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self._mean.to(x.device)) / self._std.to(x.device)
 
-    def train_batches(self, batch_size, epoch, seed, device, start_step=0):
+    def train_batches(self, batch_size, epoch, seed, device, start_step=0, rank=0, world_size=1):
+        """``world_size`` > 1: process ``rank``'s rows of each global batch (the augmentation draws its random
+        parameters for the whole global batch, so every process augments the B images and keeps its own)."""
         data = self._on("train", device)
         order = epoch_permutation(self.num_train, seed, epoch)
+        rows = shard_rows(batch_size, rank, world_size) if world_size > 1 else None
         for step in range(start_step, self.steps_per_epoch(batch_size)):
             index = order[step * batch_size:(step + 1) * batch_size].to(device)
             x = data.images[index].float().div_(255)
             gen = step_generator(seed, epoch, step)
-            yield (self._normalise(self.augment(x, gen)), self._normalise(self.augment(x, gen)),
-                   data.labels[index], index)
+            x1, x2 = self._normalise(self.augment(x, gen)), self._normalise(self.augment(x, gen))
+            if rows is not None:
+                x1, x2, index = x1[rows], x2[rows], index[rows]
+            yield x1, x2, data.labels[index], index
 
     def eval_batches(self, split, batch_size, device):
         data = self._on(split, device)

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate
 
-from pyro_ncl.data.base import DataBundle, check_subset, epoch_permutation
+from pyro_ncl.data.base import DataBundle, check_subset, epoch_permutation, shard_rows
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 Samples = List[Tuple[str, int]]  # (image path, label)
@@ -141,6 +141,7 @@ class _EpochBatches(Sampler):
     def __init__(self, num_items: int, batch_size: int):
         self.num_items, self.batch_size = num_items, batch_size
         self.seed = self.epoch = self.start_step = 0
+        self.rank, self.world_size = 0, 1  # data parallelism: this process's rows of each global batch
 
     def __len__(self):
         return max(0, self.num_items // self.batch_size - self.start_step)
@@ -148,7 +149,9 @@ class _EpochBatches(Sampler):
     def __iter__(self):
         order = epoch_permutation(self.num_items, self.seed, self.epoch).tolist()
         b = self.batch_size
-        batches = [[(order[p], sample_seed(self.seed, self.epoch, p)) for p in range(s * b, (s + 1) * b)]
+        rows = shard_rows(b, self.rank, self.world_size)
+        batches = [[(order[p], sample_seed(self.seed, self.epoch, p))
+                    for p in range(s * b + rows.start, s * b + rows.stop)]
                    for s in range(self.start_step, self.num_items // b)]
         return iter(batches)
 
@@ -213,12 +216,15 @@ class FolderData(DataBundle):
             self._loaders[key] = loader
         return self._loaders[key]
 
-    def train_batches(self, batch_size, epoch, seed, device, start_step=0) -> Iterator:
-        """(x1 [B,C,S,S], x2 [B,C,S,S], y [B], index [B]) for steps start_step..steps_per_epoch-1."""
+    def train_batches(self, batch_size, epoch, seed, device, start_step=0, rank=0, world_size=1) -> Iterator:
+        """(x1 [B,C,S,S], x2 [B,C,S,S], y [B], index [B]) for steps start_step..steps_per_epoch-1; with
+        ``world_size`` > 1 process ``rank``'s B/G rows of each global batch (only those images are decoded)."""
         self.steps_per_epoch(batch_size)
+        shard_rows(batch_size, rank, world_size)  # refuses B % G != 0
         loader = self._loader("train", batch_size, device)
         sampler = loader.batch_sampler
         sampler.seed, sampler.epoch, sampler.start_step = seed, epoch, start_step
+        sampler.rank, sampler.world_size = rank, world_size
         for batch in loader:
             x1, x2, y, index = _unwrap(batch)
             yield (x1.to(device, non_blocking=True), x2.to(device, non_blocking=True),

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from pyro_ncl.likelihoods import LIKELIHOODS
-from pyro_ncl.likelihoods.nt_xent import positive_index
+from pyro_ncl.likelihoods.nt_xent import anchor_rows, positive_index
 from pyro_ncl.ops import safe_normalize
 
 
@@ -58,23 +58,31 @@ def row_ecdf(x: torch.Tensor) -> torch.Tensor:
 
 def bcl_loss(z: torch.Tensor, temperature: float, alpha: float, beta: float, class_prior: float) -> torch.Tensor:
     """z [2B, K] (rows i and i + B: the two views of image i) → scalar BCL loss, mean over the 2B views."""
+    return bcl_per_view(z, temperature, alpha, beta, class_prior).mean()
+
+
+def bcl_per_view(z: torch.Tensor, temperature: float, alpha: float, beta: float, class_prior: float,
+                 rows=None) -> torch.Tensor:
+    """z [2B, K] → [R] the BCL term of each anchor view in ``rows`` (default: all 2B) against all other views
+    (every term depends on its own row of similarities only, so a subset of rows is exact)."""
     n_views = z.shape[0]
     if n_views < 4 or n_views % 2:
         raise ValueError(f"BCL needs an even number of at least 4 views (2 per image), got {n_views}")
+    rows = anchor_rows(n_views, rows, z.device)
     zn = safe_normalize(z)
-    logits = zn @ zn.T / temperature                                   # log s_ij
-    pos_idx = positive_index(n_views, z.device)
-    rows = torch.arange(n_views, device=z.device)
-    neg_mask = torch.ones(n_views, n_views, dtype=torch.bool, device=z.device)
-    neg_mask[rows, rows] = False
-    neg_mask[rows, pos_idx] = False
-    neg = logits[neg_mask].view(n_views, n_views - 2)                  # [2B, 2B−2], log s of the negatives
-    pos = logits[rows, pos_idx]                                        # [2B]
+    logits = zn[rows] @ zn.T / temperature                             # log s_ij, [R, 2B]
+    pos_idx = positive_index(n_views, z.device)[rows]
+    local = torch.arange(rows.shape[0], device=z.device)
+    neg_mask = torch.ones(rows.shape[0], n_views, dtype=torch.bool, device=z.device)
+    neg_mask[local, rows] = False
+    neg_mask[local, pos_idx] = False
+    neg = logits[neg_mask].view(rows.shape[0], n_views - 2)            # [R, 2B−2], log s of the negatives
+    pos = logits[local, pos_idx]                                       # [R]
     # ranks of log s equal ranks of s (exp is increasing); weights carry no gradient
     omega = bcl_weights(row_ecdf(neg), alpha, beta, class_prior)
     # −log(s_p / (s_p + Σ ω s_n)) = logsumexp([log s_p, log s_n + log ω]) − log s_p  (ω = 0 ⇒ −inf, dropped)
     terms = torch.cat([pos.unsqueeze(1), neg + torch.log(omega)], dim=1)
-    return (torch.logsumexp(terms, dim=1) - pos).mean()
+    return torch.logsumexp(terms, dim=1) - pos
 
 
 @LIKELIHOODS.register("bcl")
@@ -92,3 +100,7 @@ class BCL(nn.Module):
 
     def forward(self, z: torch.Tensor, labels=None) -> torch.Tensor:
         return bcl_loss(z, self.temperature, self.alpha, self.beta, self.class_prior)
+
+    def per_view(self, z: torch.Tensor, labels=None, rows=None) -> torch.Tensor:
+        """[R] loss of the anchor views ``rows`` (default all); the mean over all rows is ``forward``."""
+        return bcl_per_view(z, self.temperature, self.alpha, self.beta, self.class_prior, rows)

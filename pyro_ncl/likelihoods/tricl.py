@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pyro_ncl.likelihoods import LIKELIHOODS
-from pyro_ncl.likelihoods.nt_xent import positive_index
+from pyro_ncl.likelihoods.nt_xent import anchor_rows, positive_index
 from pyro_ncl.ops import safe_normalize
 
 
@@ -52,6 +52,32 @@ def tricl_loss(z: torch.Tensor, theta: torch.Tensor, temperature: float, decorre
     return ce + decorrelation * decorrelation_penalty(zn)
 
 
+def tricl_per_view(z: torch.Tensor, theta: torch.Tensor, temperature: float, decorrelation: float = 1.0,
+                   symmetric: bool = True, rows=None) -> torch.Tensor:
+    """z [2B, K] → [R] per anchor view in ``rows`` (default: all 2B): its cross-entropy term + decorrelation ·
+    penalty of the whole batch (the penalty is a batch quantity; adding it to every view keeps
+    ``tricl_loss == tricl_per_view(...).mean()``)."""
+    n_views = z.shape[0]
+    if n_views < 4 or n_views % 2:
+        raise ValueError(f"triCL needs an even number of at least 4 views (2 per image), got {n_views}")
+    rows = anchor_rows(n_views, rows, z.device)
+    zn = safe_normalize(z)
+    s = F.softplus(theta).to(zn.dtype)
+    anchors = zn[rows]
+    if symmetric:
+        logits = (anchors * s) @ zn.T / temperature
+    else:                                                              # authors: view-2 anchors unscaled
+        first = (rows < n_views // 2).unsqueeze(1)
+        logits = torch.where(first, (anchors * s) @ zn.T, anchors @ zn.T) / temperature
+    own = torch.zeros_like(logits, dtype=torch.bool)
+    own[torch.arange(rows.shape[0], device=z.device), rows] = True
+    logits = logits.masked_fill(own, float("-inf"))
+    ce = F.cross_entropy(logits, positive_index(n_views, z.device)[rows], reduction="none")
+    if decorrelation == 0:
+        return ce
+    return ce + decorrelation * decorrelation_penalty(zn)
+
+
 @LIKELIHOODS.register("tricl")
 class TriCL(nn.Module):
     requires_labels = False
@@ -73,3 +99,7 @@ class TriCL(nn.Module):
 
     def forward(self, z: torch.Tensor, labels=None) -> torch.Tensor:
         return tricl_loss(z, self.theta, self.temperature, self.decorrelation, self.symmetric)
+
+    def per_view(self, z: torch.Tensor, labels=None, rows=None) -> torch.Tensor:
+        """[R] loss of the anchor views ``rows`` (default all); the mean over all rows is ``forward``."""
+        return tricl_per_view(z, self.theta, self.temperature, self.decorrelation, self.symmetric, rows)

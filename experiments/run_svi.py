@@ -17,14 +17,13 @@ import warnings
 from pathlib import Path
 
 import pyro
-import torch
 
 from guides import GUIDES
 from models import PRIORS
 from pyro_ncl import distributed
 from pyro_ncl.checkpoint import CheckpointError, load_latest
 from pyro_ncl.config import (FIELD_NAMES, METHODS, Config, build_parser, config_from_args, dataset_options,
-                             save_config)
+                             read_run_config, save_config)
 from pyro_ncl.data import DATASETS, DatasetNotFound, load_dataset
 from pyro_ncl.encoders import BACKBONES, NON_NEGATIVITY
 from pyro_ncl.evaluation import evaluate
@@ -65,12 +64,7 @@ def resume_config(args) -> Config:
     if explicit:
         raise ValueError(f"--resume uses the settings saved in {run_dir / 'config.json'}; drop "
                          + ", ".join("--" + k.replace("_", "-") for k in explicit))
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"--resume {run_dir}: no config.json there (is it a run folder?)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--resume {run_dir}: config.json does not parse ({err.msg} at line {err.lineno})") from None
+    saved = read_run_config(run_dir)
     unknown = sorted(set(saved) - FIELD_NAMES)
     if unknown:
         raise ValueError(f"--resume {run_dir}: config.json has unknown settings {', '.join(unknown)}")

@@ -198,5 +198,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
+def read_run_config(run_dir: Path) -> Dict[str, Any]:
+    """The settings a run saved in its ``config.json``; a one-line ValueError when missing or unparsable."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} does not parse ({err.msg} at line {err.lineno})") from None
+
+
 def save_config(config: Config, path: Path) -> None:
     path.write_text(json.dumps(config.to_dict(), indent=2))

@@ -14,7 +14,6 @@ running statistics); the system's train/eval mode is restored afterwards. Ungate
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as nnf
 
 from pyro_ncl.checkpoint import CheckpointError, load_checkpoint
-from pyro_ncl.config import FIELD_NAMES, Config
+from pyro_ncl.config import FIELD_NAMES, Config, read_run_config
 from pyro_ncl.data import load_dataset
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import extract
@@ -70,12 +69,7 @@ class Run:
 
 
 def _read_config(run_dir: Path) -> Config:
-    try:
-        values = json.loads((run_dir / "config.json").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{run_dir / 'config.json'} does not parse ({err.msg} at line {err.lineno})") from None
+    values = read_run_config(run_dir)
     unknown = sorted(set(values) - FIELD_NAMES)
     if unknown:  # written by another version of the code: the network is rebuilt without them
         warnings.warn(f"{run_dir / 'config.json'}: ignoring unknown settings {', '.join(unknown)}")

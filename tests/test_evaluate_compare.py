@@ -11,8 +11,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-TINY = ("--subset", "256", "--epochs", "1", "--batch-size", "64", "--width", "4", "--hidden-dim", "32",
-        "--feature-dim", "16", "--probe-epochs", "2")
 FIGURES = ("top_dims.png", "retrieval.png", "sparsity.png", "tsne.png")
 
 pytestmark = pytest.mark.skipif(not FASHION.exists(),
@@ -26,20 +24,9 @@ def script(name: str):
     return module
 
 
-def tiny_run(tmp_path_factory, method: str) -> Path:
-    """A tiny trained run of ``method``, made once per test session (shared through the session's temp root)."""
-    out = tmp_path_factory.getbasetemp() / "tiny_runs" / method
-    if not (out / "metrics.json").exists():
-        result = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_svi.py"), *TINY, "--method", method,
-                                 "--out", str(out), "--overwrite"], capture_output=True, text=True, timeout=300,
-                                cwd=ROOT)
-        assert result.returncode == 0, result.stderr[-2000:]
-    return out
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return {method: tiny_run(tmp_path_factory, method) for method in ("bayesncl", "ncl")}
+def runs(tiny_run):
+    return {method: tiny_run(method) for method in ("bayesncl", "ncl")}
 
 
 def test_evaluate_writes_metrics_and_figures_of_a_gated_run(runs):

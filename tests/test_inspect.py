@@ -1,8 +1,6 @@
 """pyro_ncl.inspect on a tiny trained run, and the inspection notebook executed end to end."""
 import copy
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,28 +12,15 @@ from pyro_ncl.inspect import (bernoulli_entropy, class_gate_frequency, extract_s
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-TINY = ("--subset", "256", "--epochs", "1", "--batch-size", "64", "--width", "4", "--hidden-dim", "32",
-        "--feature-dim", "16", "--probe-epochs", "2")
 NOTEBOOK = ROOT / "experiments" / "notebooks" / "inspect_gates.ipynb"
 
 pytestmark = pytest.mark.skipif(not FASHION.exists(),
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
-def tiny_run(tmp_path_factory, method: str) -> Path:
-    """A tiny trained run of ``method``, made once per test session (shared through the session's temp root)."""
-    out = tmp_path_factory.getbasetemp() / "tiny_runs" / method
-    if not (out / "metrics.json").exists():
-        result = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_svi.py"), *TINY, "--method", method,
-                                 "--out", str(out), "--overwrite"], capture_output=True, text=True, timeout=300,
-                                cwd=ROOT)
-        assert result.returncode == 0, result.stderr[-2000:]
-    return out
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return load_run(tiny_run(tmp_path_factory, "bayesncl"))
+def run(tiny_run):
+    return load_run(tiny_run("bayesncl"))
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +102,9 @@ def test_queries_never_touch_batchnorm_statistics(run, images):
     assert any(not torch.equal(before[k], v) for k, v in probe.state_dict().items() if "running" in k)
 
 
-def test_ungated_run_is_refused_by_name(tmp_path_factory, images):
+def test_ungated_run_is_refused_by_name(tiny_run, images):
     x, _ = images
-    ncl = load_run(tiny_run(tmp_path_factory, "ncl"))
+    ncl = load_run(tiny_run("ncl"))
     for query in (lambda: gate_probabilities(ncl, x), lambda: sample_gates(ncl, x, 2),
                   lambda: posterior_entropy(ncl, x), lambda: class_gate_frequency(ncl),
                   lambda: switched_on(ncl, x[0])):

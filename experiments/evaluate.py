@@ -55,9 +55,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def importance_of(run: Run, train: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, str]:
-    """[K] importance of each dimension on the train split, and how it was computed."""
+    """[K] importance of each dimension on the train split, and how it was computed. Gated runs: the gate open
+    frequency, ties (e.g. gates open for every image) broken by the column sums of the gated features — the
+    tie-break term stays below the frequency's resolution 1/N, so it never reorders distinct frequencies."""
     if run.gated:
-        return train["gate"].float().mean(0), "gate_frequency"
+        frequency = train["gate"].double().mean(0)
+        sums = dimension_importance(train["features"]).double()
+        tie_break = 0.5 / len(train["gate"]) * sums / sums.max().clamp_min(1e-12)
+        return frequency + tie_break, "gate_frequency (ties: column sums)"
     likelihood = run.system.model.likelihood
     if hasattr(likelihood, "importance"):
         return likelihood.importance.float().cpu(), "likelihood_importance"

@@ -28,7 +28,7 @@ from pyro_ncl.config import FIELD_NAMES  # noqa: E402
 
 RUN_SVI = Path(__file__).resolve().parent / "run_svi.py"
 COLUMNS = ["linear_probe_backbone", "linear_probe_features", "knn_accuracy", "semantic_consistency", "sparsity",
-           "active_dims", "open_gates", "seconds_per_epoch"]
+           "active_dims", "open_gates", "background_leakage", "seconds_per_epoch"]
 
 
 def parse_axis(text: str) -> List[Dict[str, str]]:

@@ -45,6 +45,8 @@ class Config:
     image_size: Optional[int] = _opt("imagenet100: crop size in px (evaluation resizes to size·256/224)", default=None)
     download: bool = _opt("cifar10/cifar100/stl10: download into --data-root first (only when asked)", default=False)
     skip_bad_images: bool = _opt("file datasets: skip and count unreadable images instead of stopping", default=False)
+    gpu_augment: bool = _opt("imagenet100: crop in the loader workers, colour jitter/grayscale/blur in batches on the "
+                             "training device (GPU)", default=False)
     spurious_correlation: Optional[float] = _opt("scenes: probability that an image's background is its class's "
                                                  "own (0: independent)", default=None)
     # method: a preset of part names, each overridable
@@ -140,7 +142,7 @@ class Config:
 
 
 FIELD_NAMES = {f.name for f in fields(Config)}
-DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "spurious_correlation")
+DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation")
 
 
 def dataset_options(config: Config) -> Dict[str, Any]:

@@ -5,9 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pyro_ncl.data import DATASETS, DatasetNotFound
+from pyro_ncl.data.augment import BatchAugment
 from pyro_ncl.data.folder import ImageReadError
 from pyro_ncl.data.imagenet import imagenet100_classes
 
@@ -132,3 +134,25 @@ def test_truncated_jpeg_named_or_skipped(tmp_path, full_root):
     assert data.num_skipped == 1 and data.num_train == 199
     assert str(bad) not in {p for p, _ in data.train_samples}
     assert sum(b[0].shape[0] for b in data.train_batches(32, 0, 0, "cpu")) == 6 * 32
+
+
+def test_device_augmentation_option(full_root):
+    """--gpu-augment: uint8 crops from the workers, colour/blur in batches on the device; reproducible per step."""
+    data = _load(full_root, gpu_augment=True)
+    assert data.device_augment is not None
+    first = list(data.train_batches(8, epoch=1, seed=3, device="cpu"))
+    x1, x2, y, index = first[0]
+    assert x1.shape == x2.shape == (8, 3, 32, 32) and x1.dtype == torch.float32
+    assert not torch.equal(x1, x2) and x1.abs().max() < 5  # normalised, two different views
+    again = list(data.train_batches(8, epoch=1, seed=3, device="cpu", start_step=1))
+    assert torch.equal(again[0][0], first[1][0]) and torch.equal(again[0][1], first[1][1])
+
+
+def test_batched_blur_matches_a_per_image_convolution():
+    aug = BatchAugment(16, blur_prob=1.0, blur_sigma=(1.0, 1.0), blur_kernel=5, jitter_prob=0.0)
+    x = torch.rand(2, 3, 16, 16)
+    got = aug.photometric(x, torch.Generator().manual_seed(0))
+    taps = torch.exp(-0.5 * torch.arange(-2.0, 3.0) ** 2)
+    k2 = (taps[:, None] * taps[None, :]) / taps.sum() ** 2
+    ref = F.conv2d(F.pad(x.reshape(6, 1, 16, 16), (2, 2, 2, 2), mode="reflect"), k2[None, None]).reshape(2, 3, 16, 16)
+    assert torch.allclose(got, ref, atol=1e-5)

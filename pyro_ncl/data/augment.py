@@ -2,8 +2,10 @@
 
 ``BatchAugment(x)`` with x a float batch [B, C, H, W] in [0, 1] returns one augmented view [B, C, S, S]:
 random resized crop (area ∈ scale, aspect ∈ ratio) and horizontal flip through one ``grid_sample``, then colour
-jitter (brightness, contrast and, for RGB, saturation) with probability ``jitter_prob`` and grayscale with
-probability ``grayscale_prob``. Randomness comes from ``generator`` (CPU) so that views are reproducible.
+jitter (brightness, contrast and, for RGB, saturation) with probability ``jitter_prob``, grayscale with
+probability ``grayscale_prob`` and Gaussian blur with probability ``blur_prob``. ``photometric`` applies the
+colour and blur steps alone (for views cropped elsewhere, e.g. in data-loader workers). Randomness comes from
+``generator`` (CPU) so that views are reproducible.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ class BatchAugment:
     saturation: float = 0.4
     jitter_prob: float = 0.8
     grayscale_prob: float = 0.0
+    blur_prob: float = 0.0
+    blur_sigma: Tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int = 23
 
     def __call__(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         b, dev = x.shape[0], x.device
@@ -51,7 +56,27 @@ class BatchAugment:
         theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
         grid = F.affine_grid(theta, (b, x.shape[1], self.size, self.size), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        return self._colour(out, generator)
+        return self.photometric(out, generator)
+
+    def photometric(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Colour jitter, grayscale and Gaussian blur of a float batch [B, C, S, S] in [0, 1] (no geometry)."""
+        x = self._colour(x, generator)
+        return self._blur(x, generator) if self.blur_prob > 0 else x
+
+    def _blur(self, x: torch.Tensor, generator) -> torch.Tensor:
+        """Per-image Gaussian blur (probability ``blur_prob``, σ uniform in ``blur_sigma``): one separable grouped
+        convolution for the whole batch."""
+        b, c, h, w = x.shape
+        sigma = _uniform(b, *self.blur_sigma, generator, x.device)
+        apply = _uniform(b, 0.0, 1.0, generator, x.device) < self.blur_prob
+        half = self.blur_kernel // 2
+        taps = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (taps[None] / sigma[:, None]) ** 2)
+        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [B·C, k]
+        y = x.reshape(1, b * c, h, w)
+        y = F.conv2d(F.pad(y, (half, half, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=b * c)
+        y = F.conv2d(F.pad(y, (0, 0, half, half), mode="reflect"), kernel[:, None, :, None], groups=b * c)
+        return torch.where(apply.view(b, 1, 1, 1), y.reshape(b, c, h, w), x)
 
     def _colour(self, x: torch.Tensor, generator) -> torch.Tensor:
         b, dev = x.shape[0], x.device

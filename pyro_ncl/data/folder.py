@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate
 
-from pyro_ncl.data.base import DataBundle, check_subset, epoch_permutation, shard_rows
+from pyro_ncl.data.base import DataBundle, check_subset, epoch_permutation, shard_rows, step_generator
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 Samples = List[Tuple[str, int]]  # (image path, label)
@@ -174,11 +174,14 @@ class FolderData(DataBundle):
     """Images read from files. ``train_samples``/``test_samples``: lists of (path, label). ``train_transform``
     maps a PIL image to one normalised view [C, S, S] (drawing from torch's global RNG); ``eval_transform``
     maps it to [C, S, S] deterministically. ``subset``: a fixed random choice of that many training images.
-    One pass (train or eval) at a time per batch size: the DataLoaders are cached and their workers persist."""
+    One pass (train or eval) at a time per batch size: the DataLoaders are cached and their workers persist.
+    ``device_augment(x, generator)``: when given, the workers' ``train_transform`` only crops (uint8 views) and
+    this finishes each view batch on the training device, with a generator fixed by (seed, epoch, step, rank)."""
 
     def __init__(self, name: str, train_samples: Samples, test_samples: Samples, num_classes: int,
                  train_transform: Callable, eval_transform: Callable, image_size: int, subset: Optional[int] = None,
-                 num_workers: int = 0, skip_bad_images: bool = False, in_channels: int = 3):
+                 num_workers: int = 0, skip_bad_images: bool = False, in_channels: int = 3,
+                 device_augment: Optional[Callable] = None):
         self.name, self.num_classes, self.image_size, self.in_channels = name, num_classes, image_size, in_channels
         self.num_workers = check_num_workers(num_workers)
         self.num_skipped = 0
@@ -188,6 +191,7 @@ class FolderData(DataBundle):
         self.train_samples, self.test_samples = spread_subset(train_samples, n), list(test_samples)
         self.num_train = n
         self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.device_augment = device_augment
         self._loaders: Dict[tuple, DataLoader] = {}
 
     def _drop_bad(self, train: Samples, test: Samples) -> Tuple[Samples, Samples]:
@@ -225,10 +229,13 @@ class FolderData(DataBundle):
         sampler = loader.batch_sampler
         sampler.seed, sampler.epoch, sampler.start_step = seed, epoch, start_step
         sampler.rank, sampler.world_size = rank, world_size
-        for batch in loader:
+        for step, batch in enumerate(loader, start=start_step):
             x1, x2, y, index = _unwrap(batch)
-            yield (x1.to(device, non_blocking=True), x2.to(device, non_blocking=True),
-                   y.to(device, non_blocking=True), index.to(device, non_blocking=True))
+            x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
+            if self.device_augment is not None:
+                gen = step_generator(seed * 1009 + rank, epoch, step)
+                x1, x2 = self.device_augment(x1, gen), self.device_augment(x2, gen)
+            yield x1, x2, y.to(device, non_blocking=True), index.to(device, non_blocking=True)
 
     def eval_batches(self, split, batch_size, device) -> Iterator:
         """(x [B,C,S,S], y [B]) over the split in file order (train: the training images in use)."""

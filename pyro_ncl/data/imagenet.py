@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 import torchvision.transforms.v2 as T
 
+from pyro_ncl.data.augment import BatchAugment
 from pyro_ncl.data.base import DATASETS, DatasetNotFound
 from pyro_ncl.data.folder import FolderData, Samples, image_files, reject_options
 
@@ -68,9 +69,30 @@ def imagenet_transforms(image_size: int = 224) -> Tuple[T.Compose, T.Compose]:
     return train, eval_
 
 
+def imagenet_device_augment(image_size: int = 224) -> Tuple[T.Compose, Callable]:
+    """The same recipe split for batched augmentation on the training device: (per-image crop + flip in the
+    workers → uint8 [3, S, S], batched colour jitter, grayscale, blur and normalisation on the device). The batched
+    colour jitter has no hue term (brightness, contrast, saturation 0.8 only)."""
+    scale = image_size / 224
+    crop = T.Compose([T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
+                      T.RandomHorizontalFlip(), T.ToImage()])
+    photometric = BatchAugment(image_size, brightness=0.8, contrast=0.8, saturation=0.8, jitter_prob=0.8,
+                               grayscale_prob=0.2, blur_prob=0.5, blur_sigma=(0.1 * scale, 2.0 * scale),
+                               blur_kernel=max(3, int(round(23 * scale)) // 2 * 2 + 1))
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 [B, 3, S, S] on the device → normalised float views [B, 3, S, S]."""
+        x = photometric.photometric(x.float().div_(255), generator)
+        return (x - mean.to(x.device)) / std.to(x.device)
+    return crop, augment
+
+
 @DATASETS.register(NAME)
 def imagenet100(root=None, subset=None, image_size: int = 224, num_workers: int = 0,
-                skip_bad_images: bool = False, **options) -> FolderData:
+                skip_bad_images: bool = False, gpu_augment: bool = False, **options) -> FolderData:
+    """``gpu_augment``: crop in the workers, colour/blur in batches on the training device (see
+    ``imagenet_device_augment``)."""
     reject_options(NAME, options)
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an integer >= 8 pixels, got {image_size!r}")
@@ -80,5 +102,8 @@ def imagenet100(root=None, subset=None, image_size: int = 224, num_workers: int 
     wnids = imagenet100_classes()
     train, test = find_split(folder, "train", wnids), find_split(folder, "val", wnids)
     train_t, eval_t = imagenet_transforms(image_size)
+    device_augment = None
+    if gpu_augment:
+        train_t, device_augment = imagenet_device_augment(image_size)
     return FolderData(NAME, train, test, len(wnids), train_t, eval_t, image_size, subset=subset,
-                      num_workers=num_workers, skip_bad_images=skip_bad_images)
+                      num_workers=num_workers, skip_bad_images=skip_bad_images, device_augment=device_augment)

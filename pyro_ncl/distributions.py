@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import pyro.distributions as dist
-from torch.distributions.utils import broadcast_all
 
 
 class StraightThroughBernoulli(dist.Bernoulli):
@@ -31,10 +30,14 @@ class StraightThroughBernoulli(dist.Bernoulli):
     def rsample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
         u = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device).clamp(1e-6, 1 - 1e-6)
-        noisy = self.logits.expand(shape) + (u.log() - (-u).log1p())
-        hard = (noisy > 0).to(self.logits.dtype)
+        return self.from_uniforms(u)
+
+    def from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
+        """The straight-through sample for given uniforms u ∈ (0, 1): hard 1[a + logit(u) > 0] forward, the
+        gradient of σ((a + logit(u))/T) backward."""
+        noisy = self.logits.expand(u.shape) + (u.log() - (-u).log1p())
         soft = torch.sigmoid(noisy / self.temperature)
-        return hard + (soft - soft.detach())
+        return (noisy > 0).to(self.logits.dtype) + (soft - soft.detach())
 
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():
@@ -46,5 +49,4 @@ def bernoulli_kl(q_logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Ten
     q = torch.sigmoid(q_logits)
     log_q1, log_q0 = torch.nn.functional.logsigmoid(q_logits), torch.nn.functional.logsigmoid(-q_logits)
     prior_probs = torch.as_tensor(prior_probs, dtype=q_logits.dtype, device=q_logits.device)
-    q_logits, prior_probs = broadcast_all(q_logits, prior_probs)
     return q * (log_q1 - prior_probs.log()) + (1 - q) * (log_q0 - (-prior_probs).log1p())

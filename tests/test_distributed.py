@@ -139,10 +139,7 @@ class _FixedNoise(StraightThroughBernoulli):
     uniforms = None
 
     def rsample(self, sample_shape=torch.Size()):
-        u = self.uniforms.to(self.logits)
-        noisy = self.logits + (u.log() - (-u).log1p())
-        soft = torch.sigmoid(noisy / self.temperature)
-        return (noisy > 0).to(self.logits.dtype) + (soft - soft.detach())
+        return self.from_uniforms(self.uniforms.to(self.logits))
 
 
 def _config(method, **extra):

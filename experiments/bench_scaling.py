@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -143,14 +142,8 @@ def _worker(rank, world, port, task, args, out):
         distributed.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(task, world, args, out):
-    mp.spawn(_worker, args=(world, _free_port(), task, args, out), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, distributed.free_port(), task, args, out), nprocs=world, join=True)
     return [torch.load(Path(out) / f"{task}-{world}-{r}.pt", weights_only=False) for r in range(world)]
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import socket
 import sys
 import time
 import warnings
@@ -119,6 +120,13 @@ def _local_device(device: torch.device) -> torch.device:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that is free now (for MASTER_PORT of processes spawned on this machine)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def barrier() -> None:

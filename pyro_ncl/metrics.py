@@ -3,7 +3,8 @@
 Every function takes torch tensors on any device, processes rows in chunks (memory stays O(chunk * K + C * K + K^2))
 and returns python floats or small tensors. F is [N, K] features, y is [N] integer labels in [0, C).
 A feature entry is *active* when |F| > eps; a dimension is active when it is active for at least one sample.
-Per-dimension/per-class statistics are accumulated in float64 (float32 on MPS, which lacks float64).
+Per-dimension/per-class statistics are accumulated in float64 (float32 on MPS, which lacks float64); on the CPU the
+elementwise passes walk F in blocks of at most CPU_BLOCK rows, so each block's temporaries stay in cache.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch.nn.functional as nnf
 
 EPS = 1e-5
 CHUNK = 8192
+CPU_BLOCK = 512  # rows per elementwise pass on the CPU: [512, 2048] float32 temporaries (4 MiB) stay in cache
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -56,43 +58,63 @@ def _acc_dtype(F: torch.Tensor) -> torch.dtype:
     return torch.float32 if F.device.type == "mps" else torch.float64
 
 
+def _work_dtype(F: torch.Tensor) -> torch.dtype:
+    """dtype of the matmuls over rows of F: float32 only on the CPU with exact float32 matmuls (precision "highest";
+    "high"/"medium" allow TF32/bf16 products), otherwise the accumulation dtype; float64 features stay float64."""
+    if F.dtype == torch.float64:
+        return F.dtype
+    exact_fp32 = F.device.type == "cpu" and torch.get_float32_matmul_precision() == "highest"
+    return torch.float32 if exact_fp32 else _acc_dtype(F)
+
+
 def _row_chunks(n: int, chunk: int) -> Iterable[slice]:
     _check_chunk(chunk)
     return (slice(i, min(i + chunk, n)) for i in range(0, n, chunk))
 
 
+def _elementwise_chunks(F: torch.Tensor, chunk: int) -> Iterable[slice]:
+    """Row slices for memory-bound elementwise passes: at most CPU_BLOCK rows on the CPU (cache), `chunk` elsewhere."""
+    _check_chunk(chunk)
+    return _row_chunks(F.shape[0], min(chunk, CPU_BLOCK) if F.device.type == "cpu" else chunk)
+
+
 def _class_stats(F: torch.Tensor, y: torch.Tensor, num_classes: Optional[int], eps: float, chunk: int):
-    """[C, K] active counts and [C, K] summed |F| over active entries, plus [C] class sizes, in one pass."""
+    """One pass over F [N, K]: [C, K] active counts, [C, K] summed |F| over active entries, [C] class sizes and
+    [K] bool nonzero columns (any F != 0, whatever eps)."""
     _check_features(F)
     C = _check_labels(F, y, num_classes)
-    acc = _acc_dtype(F)
-    work = F.dtype if F.dtype in (torch.float32, torch.float64) else torch.float32  # half precision: count in fp32
+    acc, work = _acc_dtype(F), _work_dtype(F)
     y = y.to(F.device).long()
     counts = torch.zeros(C, F.shape[1], dtype=acc, device=F.device)
     sums = torch.zeros_like(counts)
-    for rows in _row_chunks(F.shape[0], chunk):
+    nonzero = torch.zeros(F.shape[1], dtype=torch.bool, device=F.device)
+    for rows in _elementwise_chunks(F, chunk):
         a = F[rows].to(work).abs()
-        on = a > eps
+        nonzero |= (a > 0).any(0)
+        on = (a > eps).to(work)
         onehot = nnf.one_hot(y[rows], C).to(work).T  # [C, n]
-        # per-chunk counts are <= chunk, exact in float32; accumulate in float64
-        counts += (onehot @ on.to(work)).to(acc)
-        sums += (onehot @ (a * on)).to(acc)
+        # per-block counts are <= the block size, exact in float32; accumulate in float64
+        counts += (onehot @ on).to(acc)
+        sums += (onehot @ a.mul_(on)).to(acc)
     sizes = torch.bincount(y, minlength=C).to(acc)
-    return counts, sums, sizes
+    return counts, sums, sizes, nonzero
 
 
 def gram(F: torch.Tensor, chunk: int = CHUNK, cols: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """[D, D] Gram matrix F[:, cols]^T F[:, cols] (cols: [K] bool mask or [D] indices; default all K columns),
-    accumulated over row chunks in float64."""
+    """[D, D] Gram matrix F[:, cols]^T F[:, cols] (cols: [K] bool mask or [D] indices; default all K columns).
+
+    Chunk products are computed in _work_dtype (float32 on the CPU for float32/half features unless float32 matmuls
+    may be reduced-precision, float64 elsewhere) and summed in float64.
+    """
     _check_features(F)
-    acc = _acc_dtype(F)
+    acc, work = _acc_dtype(F), _work_dtype(F)
     if cols is not None and cols.dtype == torch.bool:
         cols = cols.nonzero().squeeze(1)
     D = F.shape[1] if cols is None else cols.numel()
     G = torch.zeros(D, D, dtype=acc, device=F.device)
     for rows in _row_chunks(F.shape[0], chunk):
-        f = (F[rows] if cols is None else F[rows][:, cols]).to(acc)
-        G += f.T @ f
+        f = (F[rows] if cols is None else F[rows][:, cols]).to(work)
+        G += (f.T @ f).to(acc)
     return G
 
 
@@ -114,7 +136,7 @@ def active_mask(F: torch.Tensor, eps: float = EPS, chunk: int = CHUNK) -> torch.
     """[K] bool: dimension k is active (|F[:, k]| > eps) for at least one sample."""
     _check_features(F)
     mask = torch.zeros(F.shape[1], dtype=torch.bool, device=F.device)
-    for rows in _row_chunks(F.shape[0], chunk):
+    for rows in _elementwise_chunks(F, chunk):
         mask |= (F[rows].abs() > eps).any(0)
     return mask
 
@@ -124,7 +146,7 @@ def sparsity(F: torch.Tensor, eps: float = EPS, chunk: int = CHUNK) -> float:
     _check_features(F)
     if F.numel() == 0:
         raise ValueError("F is empty")
-    zeros = sum(int((F[rows].abs() <= eps).sum()) for rows in _row_chunks(F.shape[0], chunk))
+    zeros = sum(int((F[rows].abs() <= eps).sum()) for rows in _elementwise_chunks(F, chunk))
     return zeros / F.numel()
 
 
@@ -183,7 +205,7 @@ def semantic_entropies(F: torch.Tensor, y: torch.Tensor, num_classes: Optional[i
     entropy_sum: summed active |F|; entropy_mean: that sum divided by the class size; entropy_freq: active counts.
     Lower = more class-specific. NaN when no dimension is active.
     """
-    return _entropies_from_stats(*_class_stats(F, y, num_classes, eps, chunk))
+    return _entropies_from_stats(*_class_stats(F, y, num_classes, eps, chunk)[:3])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -350,14 +372,13 @@ def feature_selection(train_F: torch.Tensor, train_y: torch.Tensor, test_F: torc
 
 def interpretability_suite(F: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = None,
                            eps: float = EPS, chunk: int = CHUNK) -> Dict[str, float]:
-    """All label-based and label-free interpretability metrics of F [N, K] with labels y [N], in three passes over F.
+    """All label-based and label-free interpretability metrics of F [N, K] with labels y [N], in two passes over F.
 
     Keys: sparsity, active_dims, semantic_consistency, entropy_sum, entropy_mean, entropy_freq, effective_rank,
     singular_value_entropy, orthogonality.
     """
-    counts, sums, sizes = _class_stats(F, y, num_classes, eps, chunk)
+    counts, sums, sizes, nonzero = _class_stats(F, y, num_classes, eps, chunk)
     on = counts.sum(0) > 0
-    nonzero = active_mask(F, 0.0, chunk)
     G = gram(F, chunk, nonzero)  # all-zero columns add nothing to either metric
     out = {
         "sparsity": 1.0 - float(counts.sum()) / F.numel() if F.numel() else float("nan"),

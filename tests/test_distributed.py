@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -218,12 +217,6 @@ def _worker(rank, port, tmp):
         distributed.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
@@ -232,7 +225,7 @@ def two_processes(tmp_path_factory):
     old = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        mp.spawn(_worker, args=(_free_port(), str(tmp)), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(distributed.free_port(), str(tmp)), nprocs=WORLD, join=True)
     finally:
         if old is None:
             os.environ.pop("OMP_NUM_THREADS")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as nnf
 
 EPS = 1e-5
-CHUNK = 8192
+CHUNK = 2048  # rows per chunk: a [2048, 2048] float64 block is 32 MiB
 CPU_BLOCK = 512  # rows per elementwise pass on the CPU: [512, 2048] float32 temporaries (4 MiB) stay in cache
 
 
@@ -59,8 +59,9 @@ def _acc_dtype(F: torch.Tensor) -> torch.dtype:
 
 
 def _work_dtype(F: torch.Tensor) -> torch.dtype:
-    """dtype of the matmuls over rows of F: float32 only on the CPU with exact float32 matmuls (precision "highest";
-    "high"/"medium" allow TF32/bf16 products), otherwise the accumulation dtype; float64 features stay float64."""
+    """dtype of the class-statistics matmuls over a block of rows of F: float32 only on the CPU with exact float32
+    matmuls (precision "highest"; "high"/"medium" allow TF32/bf16 products), otherwise the accumulation dtype;
+    float64 features stay float64."""
     if F.dtype == torch.float64:
         return F.dtype
     exact_fp32 = F.device.type == "cpu" and torch.get_float32_matmul_precision() == "highest"
@@ -101,20 +102,21 @@ def _class_stats(F: torch.Tensor, y: torch.Tensor, num_classes: Optional[int], e
 
 
 def gram(F: torch.Tensor, chunk: int = CHUNK, cols: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """[D, D] Gram matrix F[:, cols]^T F[:, cols] (cols: [K] bool mask or [D] indices; default all K columns).
+    """[D, D] Gram matrix F[:, cols]^T F[:, cols] (cols: [K] bool mask or [D] indices; default all K columns),
+    accumulated over row chunks in float64 (float32 on MPS).
 
-    Chunk products are computed in _work_dtype (float32 on the CPU for float32/half features unless float32 matmuls
-    may be reduced-precision, float64 elsewhere) and summed in float64.
+    The products are float64 too: with float32 products the Gram's rounding noise (~1e-7 of its largest eigenvalue)
+    turns the zero singular values of a low-rank F into ~3e-4 of the largest and inflates its effective rank.
     """
     _check_features(F)
-    acc, work = _acc_dtype(F), _work_dtype(F)
+    acc = _acc_dtype(F)
     if cols is not None and cols.dtype == torch.bool:
         cols = cols.nonzero().squeeze(1)
     D = F.shape[1] if cols is None else cols.numel()
     G = torch.zeros(D, D, dtype=acc, device=F.device)
     for rows in _row_chunks(F.shape[0], chunk):
-        f = (F[rows] if cols is None else F[rows][:, cols]).to(work)
-        G += (f.T @ f).to(acc)
+        f = (F[rows] if cols is None else F[rows][:, cols]).to(acc)
+        G += f.T @ f
     return G
 
 

@@ -200,6 +200,15 @@ def test_effective_rank_float32_zero_columns():
     assert M.effective_rank(F)["effective_rank"] == pytest.approx(4.0, abs=1e-6)
 
 
+def test_effective_rank_of_low_rank_float32_features_matches_svd():
+    # ReLU of a rank-20 product: a few large singular values and many tiny ones, as in collapsed features
+    g = torch.Generator().manual_seed(0)
+    F = (torch.rand(2000, 20, generator=g) @ torch.rand(20, 256, generator=g)).relu().float()
+    s = np.linalg.svd(F.double().numpy(), compute_uv=False)
+    expected = math.exp(ref_entropy(s))
+    assert M.effective_rank(F, chunk=512)["effective_rank"] == pytest.approx(expected, rel=1e-4)
+
+
 # ---------------------------------------------------------------- importance, retrieval, feature selection
 
 

@@ -3,8 +3,8 @@
 Features: sparse non-negative random features with class-dependent activation rates (some dimensions dead).
 Reference: loops over dimensions; for each, the class histogram of its active samples (np.bincount) and the per-class
 summed activations, and in a second loop the |cosine| with every other active column; effective rank from
-np.linalg.svd of F. Both run in this process, one after the other, each timed as the median of --repeats calls; peak memory is the rise of the resident set
-(VmHWM, reset before each). A table splits the time by stage.
+np.linalg.svd of F. Both run in this process, one after the other, each timed as the median of --repeats calls;
+peak memory is the rise of the resident set (VmHWM, reset before each). A table splits the time by stage.
 
     python experiments/bench_metrics.py --num-samples 10000 --num-dims 2048
 """
@@ -44,10 +44,10 @@ def entropy(v: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def authors_style_class_loop(F: torch.Tensor, y: torch.Tensor, dims) -> float:
-    """Consistency as the NCL authors' published evaluation loops it (for context, not the goal's reference): per
-    dimension, |F| of the whole matrix, the mask of one column, a bincount, and a .item() per value."""
-    shares = []
+def authors_style_class_loop(F: torch.Tensor, y: torch.Tensor, dims) -> tuple:
+    """(consistency, entropy) as the NCL authors' published evaluation loops them (for context, not the goal's
+    reference): per dimension, |F| of the whole matrix, the mask of one column, a bincount, a .item() per value."""
+    shares, entropies = [], []
     for d in dims:
         mask = F.abs()[:, d] > EPS
         if mask.sum() == 0:
@@ -55,8 +55,8 @@ def authors_style_class_loop(F: torch.Tensor, y: torch.Tensor, dims) -> float:
         dist = y[mask].bincount()
         dist = dist / dist.sum()
         shares.append(dist.max().item())
-        -(dist * (dist + EPS).log()).sum().item()  # their entropy, computed in the same loop
-    return float(np.mean(shares))
+        entropies.append(-(dist * (dist + EPS).log()).sum().item())
+    return float(np.mean(shares)), float(np.mean(entropies))
 
 
 def reference_effective_rank(F: np.ndarray) -> dict:
@@ -139,14 +139,19 @@ def fmt_mem(mb) -> str:
     return f"{mb:8.1f} MiB" if mb is not None else "     n/a"
 
 
+def synchronize(device: torch.device) -> None:
+    """Waits for queued GPU work, so that wall-clock time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def suite_breakdown(F: torch.Tensor, y: torch.Tensor, c: int, chunk: int) -> dict:
     """Seconds of each stage of M.interpretability_suite, run one after the other as the suite runs them."""
-    sync = torch.cuda.synchronize if F.is_cuda else (lambda: None)
     out, t = {}, time.perf_counter()
 
     def lap(name):
         nonlocal t
-        sync()
+        synchronize(F.device)
         now = time.perf_counter()
         out[name], t = now - t, now
 
@@ -174,9 +179,8 @@ def main(args: argparse.Namespace) -> dict:
 
     Fd, yd = F.to(device), y.to(device)
     M.interpretability_suite(Fd[:256], yd[:256], C)  # warm-up (lazy init)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fast, t_fast, m_fast = measure(lambda: (M.interpretability_suite(Fd, yd, C, chunk=args.chunk), sync())[0],
-                                   args.repeats)
+    fast, t_fast, m_fast = measure(lambda: (M.interpretability_suite(Fd, yd, C, chunk=args.chunk),
+                                            synchronize(device))[0], args.repeats)
     stages = [suite_breakdown(Fd, yd, C, args.chunk) for _ in range(args.repeats)]
     stages = {k: sorted(s[k] for s in stages)[len(stages) // 2] for k in stages[0]}
 

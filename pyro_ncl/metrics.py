@@ -75,7 +75,6 @@ def _row_chunks(n: int, chunk: int) -> Iterable[slice]:
 
 def _elementwise_chunks(F: torch.Tensor, chunk: int) -> Iterable[slice]:
     """Row slices for memory-bound elementwise passes: at most CPU_BLOCK rows on the CPU (cache), `chunk` elsewhere."""
-    _check_chunk(chunk)
     return _row_chunks(F.shape[0], min(chunk, CPU_BLOCK) if F.device.type == "cpu" else chunk)
 
 

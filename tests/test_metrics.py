@@ -290,16 +290,16 @@ def test_all_zero_features():
 
 
 def test_matmuls_stay_exact_under_reduced_float32_matmul_precision():
-    F, y = sparse_features(n=300, k=40)
+    F, y = sparse_features(n=300, k=40, c=16)  # 16 classes: large enough that a reduced-precision kernel kicks in
     F32 = F.float()
     exact_gram = F32.double().T @ F32.double()
     A = F32.double().abs()
-    exact_sums = torch.stack([(A * (A > EPS))[y == c].sum(0) for c in range(4)])
+    exact_sums = torch.stack([(A * (A > EPS))[y == c].sum(0) for c in range(16)])
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("medium")  # allows bf16 / TF32 products (bf16 on CPUs with AMX)
         G = M.gram(F32, chunk=64)
-        sums = M.class_activation_sums(F32, y, 4, chunk=64)
+        sums = M.class_activation_sums(F32, y, 16, chunk=64)
     finally:
         torch.set_float32_matmul_precision(before)
     assert torch.allclose(G, exact_gram, rtol=1e-6, atol=1e-6)

@@ -3,9 +3,11 @@
 A guide is a ``GateGuide`` subclass registered by name, with class attributes
     ``value_kind``       "hard" ({0,1} masks) or "soft" (relaxed masks); must match the prior's;
     ``reparameterized``  whether the gate sample is differentiable (else score-function gradients);
-    ``per_view_gate``    a gate per view (amortized) or one global gate;
-and ``build(encoder, prior, config)``, ``posterior(logits)`` (the gate distribution, batch shape [..., K]),
-``logits(h)`` ([N, F] → [N, K]), ``probs(h)`` and ``mode(h)`` (the test-time hard gate 1[logit > 0]).
+    ``per_view_gate``    a gate per view (amortized, in the views plate) or one global gate (then no head);
+    ``always_closed_form_kl``  the gate term is the closed-form KL whatever the prior (a penalty);
+and ``build(encoder, prior, config)`` (a guide's own ``__init__`` keywords come from ``options(config)``),
+``posterior(logits)`` (the gate distribution, batch shape [..., K]), ``logits(h)`` ([N, F] → [N, K]), ``probs(h)``
+and ``mode(h)`` (the test-time hard gate 1[logit > 0]).
 
 The gate term of the ELBO: when the guide is reparameterised and the prior has a closed-form KL, the Monte-Carlo
 gate sites are masked and the exact KL enters as a ``pyro.factor`` in the guide (Rao-Blackwellised: exact value
@@ -14,6 +16,7 @@ the same kind of value (see ``value_kind``).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import pyro
@@ -33,25 +36,31 @@ class GateGuide(nn.Module):
     value_kind = "hard"
     reparameterized = True
     per_view_gate = True
+    always_closed_form_kl = False
 
     def __init__(self, backbone_dim: int, hidden_dim: int, feature_dim: int, prior: nn.Module,
                  temperature: float = 1.0, kl_weight: float = 1.0, detach_features: bool = True):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"--gate-temperature must be > 0, got {temperature}")
-        self.head = mlp(backbone_dim, hidden_dim, feature_dim)
+        self.head = mlp(backbone_dim, hidden_dim, feature_dim) if self.per_view_gate else None
         self.prior = prior
         self.temperature = temperature
         self.kl_weight = kl_weight
         self.detach_features = detach_features
-        self.analytic_kl = self.reparameterized and prior.closed_form_kl
+        self.analytic_kl = self.always_closed_form_kl or (self.reparameterized and prior.closed_form_kl)
         self.last_stats = {}
+
+    @classmethod
+    def options(cls, config) -> dict:
+        """This guide's own ``__init__`` keywords, read from the config (none by default)."""
+        return {}
 
     @classmethod
     def build(cls, encoder, prior, config) -> "GateGuide":
         return cls(encoder.backbone_dim, config.hidden_dim, encoder.feature_dim, prior,
                    temperature=config.gate_temperature, kl_weight=config.kl_weight,
-                   detach_features=not config.gate_grad_to_backbone)
+                   detach_features=not config.gate_grad_to_backbone, **cls.options(config))
 
     # ---- amortization
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -80,12 +89,13 @@ class GateGuide(nn.Module):
 
     def guide(self, batch: EncodedBatch):
         pyro.module("guide", self)
-        logits = self.logits(batch.h)
-        self._sample_gate(batch, logits, views_plate(batch))
+        self._sample_gate(batch, self.logits(batch.h))
 
-    def _sample_gate(self, batch: EncodedBatch, logits: torch.Tensor, plate):
+    def _sample_gate(self, batch: EncodedBatch, logits: torch.Tensor):
+        """Site "gate" from logits [2B, K] in the views plate (per-view gate) or [K] (global gate), and its KL."""
         device, num_dims = batch.z.device, logits.shape[-1]
         q = self.posterior(logits)
+        plate = views_plate(batch) if self.per_view_gate else contextlib.nullcontext()
         with poutine.scale(scale=self.kl_weight):
             context = self.prior.guide_globals(device)
             prior = self.prior.gate_dist(context, num_dims, device)
@@ -95,7 +105,8 @@ class GateGuide(nn.Module):
                     kl = self.closed_form_kl(logits, prior.probs)
                     pyro.factor("gate_kl", kl, has_rsample=True)
                 else:
-                    kl = q.log_prob(gate).sum(-1) - prior.log_prob(gate).sum(-1)  # the Monte-Carlo estimate
+                    with torch.no_grad():  # only logged: Pyro scores the site itself
+                        kl = q.log_prob(gate).sum(-1) - prior.log_prob(gate).sum(-1)  # the Monte-Carlo estimate
         self.last_stats = {"gate_kl": kl.detach().mean(), "open_gates": (gate.detach() > 0.5).float().mean()}
         return gate
 

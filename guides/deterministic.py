@@ -11,22 +11,24 @@ import pyro.distributions as dist
 import torch
 
 from guides.base import GUIDES, GateGuide
-from pyro_ncl.distributions import bernoulli_kl
 
 CLAMP = (0.01, 0.99)
 
 
 @GUIDES.register("deterministic")
 class ThresholdGate(GateGuide):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.analytic_kl = True  # the penalty is always the closed form
+    always_closed_form_kl = True
+
+    def soft(self, logits: torch.Tensor) -> torch.Tensor:
+        """[..., K] logits a → σ(a/T)."""
+        return torch.sigmoid(logits / self.temperature)
 
     def posterior(self, logits):
-        soft = torch.sigmoid(logits / self.temperature)
+        soft = self.soft(logits)
         hard = (soft > 0.5).to(soft.dtype)
         return dist.Delta(hard + (soft - soft.detach()))
 
     def closed_form_kl(self, logits, prior_probs):
-        q = torch.sigmoid(logits / self.temperature).clamp(*CLAMP)
-        return bernoulli_kl(torch.logit(q), prior_probs.clamp(*CLAMP)).sum(-1)
+        """[..., K] → [...] Σ_d KL(q_d ‖ π) with q = σ(a/T) and π each clamped to [0.01, 0.99]."""
+        q, pi = self.soft(logits).clamp(*CLAMP), prior_probs.clamp(*CLAMP)
+        return (q * (q / pi).log() + (1 - q) * ((1 - q) / (1 - pi)).log()).sum(-1)

@@ -21,20 +21,19 @@ BASELINES = ("none", "decaying", "neural")
 class ExactBernoulliGate(GateGuide):
     reparameterized = False
 
-    def __init__(self, *args, baseline: str = "decaying", baseline_decay: float = 0.9, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, backbone_dim: int, hidden_dim: int, feature_dim: int, prior: nn.Module, *,
+                 baseline: str = "decaying", baseline_decay: float = 0.9, **kwargs):
+        super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
         if baseline not in BASELINES:
             raise ValueError(f"--baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
         self.baseline, self.baseline_decay = baseline, baseline_decay
-        backbone_dim, hidden_dim = self.head[0].in_features, self.head[0].out_features
-        self.baseline_net = nn.Sequential(nn.Linear(backbone_dim, hidden_dim // 4 or 1), nn.ReLU(),
-                                          nn.Linear(hidden_dim // 4 or 1, 1)) if baseline == "neural" else None
+        width = hidden_dim // 4 or 1
+        self.baseline_net = nn.Sequential(nn.Linear(backbone_dim, width), nn.ReLU(),
+                                          nn.Linear(width, 1)) if baseline == "neural" else None
 
     @classmethod
-    def build(cls, encoder, prior, config):
-        return cls(encoder.backbone_dim, config.hidden_dim, encoder.feature_dim, prior,
-                   temperature=config.gate_temperature, kl_weight=config.kl_weight,
-                   detach_features=not config.gate_grad_to_backbone, baseline=config.baseline)
+    def options(cls, config) -> dict:
+        return {"baseline": config.baseline}
 
     def posterior(self, logits):
         return dist.Bernoulli(logits=logits)

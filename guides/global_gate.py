@@ -6,32 +6,26 @@ The gate is a global latent: its KL counts once for the dataset (not once per vi
 """
 from __future__ import annotations
 
-import contextlib
-
 import pyro
 import torch
 import torch.nn as nn
 
-from guides.base import GUIDES, GateGuide
+from guides.amortized import AmortizedGate
+from guides.base import GUIDES
 from pyro_ncl.batch import EncodedBatch
-from pyro_ncl.distributions import StraightThroughBernoulli
 
 
 @GUIDES.register("global")
-class GlobalGate(GateGuide):
+class GlobalGate(AmortizedGate):
     per_view_gate = False
 
     def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, **kwargs):
-        super().__init__(1, 1, feature_dim, prior, **kwargs)
-        del self.head
+        super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
         self.gate_logits = nn.Parameter(torch.full((feature_dim,), 2.0))
 
     def logits(self, h):
         return self.gate_logits.expand(h.shape[0], -1)
 
-    def posterior(self, logits):
-        return StraightThroughBernoulli(logits, self.temperature)
-
     def guide(self, batch: EncodedBatch):
         pyro.module("guide", self)
-        self._sample_gate(batch, self.gate_logits, contextlib.nullcontext())
+        self._sample_gate(batch, self.gate_logits)

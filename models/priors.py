@@ -90,7 +90,8 @@ class BetaBernoulliPrior(GatePrior):
     def build(cls, feature_dim, config):
         return cls(config.prior_prob, config.beta_concentration, feature_dim)
 
-    def _hyperprior(self, device):
+    def _hyperprior(self) -> dist.Distribution:
+        """p(ρ) = Beta(cπ, c(1 − π)) over the inclusion rates, event shape [K]."""
         alpha = torch.full_like(self.rate_alpha, self.concentration * self.prior_prob)
         return dist.Beta(alpha, torch.full_like(self.rate_alpha, self.concentration) - alpha).to_event(1)
 
@@ -99,7 +100,7 @@ class BetaBernoulliPrior(GatePrior):
         return dist.Beta(F.softplus(self.rate_alpha), F.softplus(self.rate_beta))
 
     def sample_globals(self, device):
-        return pyro.sample("inclusion_rate", self._hyperprior(device))
+        return pyro.sample("inclusion_rate", self._hyperprior())
 
     def guide_globals(self, device):
         return pyro.sample("inclusion_rate", self.posterior_rates().to_event(1))

@@ -161,12 +161,24 @@ def test_tricl_scale_learns_and_ranks():
     assert torch.allclose(lik.theta.detach(), 0.1 * torch.randn(3))     # θ₀ = 0.1·N(0,1), global RNG
     before = lik.importance.clone()
     assert not lik.importance.requires_grad
+    theta0 = lik.theta.tolist()
     opt = torch.optim.SGD(lik.parameters(), lr=0.5)
     loss = lik(torch.tensor(VIEWS), None)
     opt.zero_grad()
     loss.backward()
     opt.step()
     assert not torch.allclose(lik.importance, before)
+    # learns: the step is θ − 0.5 ∇θ, the gradient by central differences of the by-hand loss
+    eps = 1e-6
+    for d, t in enumerate(theta0):
+        up, down = list(theta0), list(theta0)
+        up[d], down[d] = t + eps, t - eps
+        grad = (tricl_by_hand(VIEWS, up, 0.2, 1.0) - tricl_by_hand(VIEWS, down, 0.2, 1.0)) / (2 * eps)
+        assert abs(lik.theta[d].item() - (t - 0.5 * grad)) < 1e-5
+    # ranks: importance is s = softplus(θ) by hand, so dimensions rank in the order of θ
+    theta = lik.theta.tolist()
+    assert all(abs(i - softplus(t)) < 1e-6 for i, t in zip(lik.importance.tolist(), theta))
+    assert lik.importance.argsort(descending=True).tolist() == sorted(range(3), key=lambda d: -theta[d])
 
 
 # ---------------------------------------------------------------- SimLAP

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from pyro_ncl.likelihoods import LIKELIHOODS
-from pyro_ncl.likelihoods.nt_xent import anchor_rows, positive_index
+from pyro_ncl.likelihoods.nt_xent import anchors_of, check_views, positive_index
 from pyro_ncl.ops import safe_normalize
 
 
@@ -66,11 +66,10 @@ def bcl_per_view(z: torch.Tensor, temperature: float, alpha: float, beta: float,
     """z [2B, K] → [R] the BCL term of each anchor view in ``rows`` (default: all 2B) against all other views
     (every term depends on its own row of similarities only, so a subset of rows is exact)."""
     n_views = z.shape[0]
-    if n_views < 4 or n_views % 2:
-        raise ValueError(f"BCL needs an even number of at least 4 views (2 per image), got {n_views}")
-    rows = anchor_rows(n_views, rows, z.device)
+    check_views(n_views, "BCL")
     zn = safe_normalize(z)
-    logits = zn[rows] @ zn.T / temperature                             # log s_ij, [R, 2B]
+    anchors, rows = anchors_of(zn, rows)
+    logits = anchors @ zn.T / temperature                              # log s_ij, [R, 2B]
     pos_idx = positive_index(n_views, z.device)[rows]
     local = torch.arange(rows.shape[0], device=z.device)
     neg_mask = torch.ones(rows.shape[0], n_views, dtype=torch.bool, device=z.device)

@@ -7,8 +7,7 @@ Per batch of B images (2B views z [2B, K], rows i and i + B the two views of ima
     g    = sigmoid(MLP((E[y1] + E[y2]) / 2)) ∈ (0, 1)^K     per image; E = nn.Embedding(C, embed_dim),
                                                              MLP = Linear(embed_dim, H) · ReLU · Linear(H, K)
     views carry y = cat(y1, y1), y2 = cat(y2, y2), g = cat(g, g)
-    l_ij = (z_i ⊙ g_i ⊙ g_i)·z_j / τ − c_i,   c_i = mean_{j≠i} of the uncentred row (detached; a numerical
-                                               no-op: every term below is invariant to a per-row shift)
+    l_ij = (z_i ⊙ g_i ⊙ g_i)·z_j / τ          (not row-centred: every term below is invariant to a per-row shift)
     P(i) = {j ≠ i : y_j = y2_i}                positives (always ≥ 1: y2_i is a label present in the batch)
     N(i) = {j : y_j ∉ {y_i, y2_i}}             negatives
     loss_i = (1/|P(i)|) Σ_{p∈P(i)} −log(exp(l_ip) / (exp(l_ip) + Σ_{n∈N(i)} exp(l_in)))
@@ -50,10 +49,7 @@ def simlap_loss(z: torch.Tensor, labels: torch.Tensor, partner: torch.Tensor, ga
     zn = safe_normalize(z)
     g = torch.cat([gate, gate]).to(zn.dtype)
     positive, negative = simlap_pair_masks(torch.cat([labels, labels]), torch.cat([partner, partner]))
-    eye = torch.eye(n_views, dtype=torch.bool, device=z.device)
     logits = (zn * g * g) @ zn.T / temperature
-    centre = logits.masked_fill(eye, 0.0).sum(1, keepdim=True).detach() / (n_views - 1)
-    logits = logits - centre
     # a finite fill (not −inf) keeps the gradient finite for an anchor without negatives (its terms are then 0)
     neg_lse = torch.logsumexp(logits.masked_fill(~negative, torch.finfo(logits.dtype).min), dim=1, keepdim=True)
     terms = torch.logaddexp(logits, neg_lse) - logits                  # −log(e^l_ip / (e^l_ip + Σ_n e^l_in))

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pyro_ncl.likelihoods import LIKELIHOODS
-from pyro_ncl.likelihoods.nt_xent import anchor_rows, positive_index
+from pyro_ncl.likelihoods.nt_xent import anchors_of, check_views, mask_own, positive_index
 from pyro_ncl.ops import safe_normalize
 
 
@@ -36,20 +36,7 @@ def decorrelation_penalty(z: torch.Tensor) -> torch.Tensor:
 def tricl_loss(z: torch.Tensor, theta: torch.Tensor, temperature: float, decorrelation: float = 1.0,
                symmetric: bool = True) -> torch.Tensor:
     """z [2B, K], θ [K] → scalar: triCL cross entropy (mean over the 2B views) + decorrelation · penalty."""
-    n_views = z.shape[0]
-    if n_views < 4 or n_views % 2:
-        raise ValueError(f"triCL needs an even number of at least 4 views (2 per image), got {n_views}")
-    zn = safe_normalize(z)
-    s = F.softplus(theta).to(zn.dtype)
-    logits = (zn * s) @ zn.T / temperature
-    if not symmetric:                                                  # authors: view-2 anchors unscaled
-        half = n_views // 2
-        logits = torch.cat([logits[:half], zn[half:] @ zn.T / temperature])
-    logits = logits.masked_fill(torch.eye(n_views, dtype=torch.bool, device=z.device), float("-inf"))
-    ce = F.cross_entropy(logits, positive_index(n_views, z.device))
-    if decorrelation == 0:
-        return ce
-    return ce + decorrelation * decorrelation_penalty(zn)
+    return tricl_per_view(z, theta, temperature, decorrelation, symmetric).mean()
 
 
 def tricl_per_view(z: torch.Tensor, theta: torch.Tensor, temperature: float, decorrelation: float = 1.0,
@@ -58,20 +45,13 @@ def tricl_per_view(z: torch.Tensor, theta: torch.Tensor, temperature: float, dec
     penalty of the whole batch (the penalty is a batch quantity; adding it to every view keeps
     ``tricl_loss == tricl_per_view(...).mean()``)."""
     n_views = z.shape[0]
-    if n_views < 4 or n_views % 2:
-        raise ValueError(f"triCL needs an even number of at least 4 views (2 per image), got {n_views}")
-    rows = anchor_rows(n_views, rows, z.device)
+    check_views(n_views, "triCL")
     zn = safe_normalize(z)
-    s = F.softplus(theta).to(zn.dtype)
-    anchors = zn[rows]
-    if symmetric:
-        logits = (anchors * s) @ zn.T / temperature
-    else:                                                              # authors: view-2 anchors unscaled
-        first = (rows < n_views // 2).unsqueeze(1)
-        logits = torch.where(first, (anchors * s) @ zn.T, anchors @ zn.T) / temperature
-    own = torch.zeros_like(logits, dtype=torch.bool)
-    own[torch.arange(rows.shape[0], device=z.device), rows] = True
-    logits = logits.masked_fill(own, float("-inf"))
+    anchors, rows = anchors_of(zn, rows)
+    scale = F.softplus(theta).to(zn.dtype)                             # s [K] on the anchor side
+    if not symmetric:                                                  # authors: view-2 anchors unscaled
+        scale = torch.where((rows < n_views // 2).unsqueeze(1), scale, 1.0)
+    logits = mask_own((anchors * scale) @ zn.T / temperature, rows)
     ce = F.cross_entropy(logits, positive_index(n_views, z.device)[rows], reduction="none")
     if decorrelation == 0:
         return ce

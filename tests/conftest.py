@@ -1,7 +1,10 @@
+import gzip
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pytest
 
@@ -32,3 +35,27 @@ def tiny_run(tmp_path_factory):
             assert result.returncode == 0, result.stderr[-2000:]
         return out
     return make
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Magic 0x00 0x00 0x08 ndim, big-endian int32 sizes, then the uint8 values."""
+    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_fake_mnist(root: Path, train: int = 40, test: int = 12, gz: bool = False) -> Path:
+    """MNIST-format IDX files in ``root``: random pixels, labels i % 10."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", train), ("t10k", test)):
+        files = {f"{prefix}-images-idx3-ubyte": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                 f"{prefix}-labels-idx1-ubyte": (np.arange(n) % 10).astype(np.uint8)}
+        for name, array in files.items():
+            data = idx_bytes(array)
+            (root / (name + ".gz")).write_bytes(gzip.compress(data)) if gz else (root / name).write_bytes(data)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_mnist():
+    """``fake_mnist(root, train=40, test=12, gz=False)`` → ``root`` holding fake MNIST-format IDX files."""
+    return write_fake_mnist

@@ -1,6 +1,5 @@
 """IDX reader (hand-written files, truncation) and the in-memory Fashion-MNIST bundle."""
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +12,6 @@ from pyro_ncl.data.idx import DEFAULT_ROOTS, read_idx
 FASHION = Path(DEFAULT_ROOTS["fashion-mnist"])
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Magic 0x00 0x00 0x08 ndim, big-endian int32 sizes, then the uint8 values."""
-    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-
-
-def write_fake_mnist(root: Path, train: int = 40, test: int = 12, gz: bool = False) -> Path:
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", train), ("t10k", test)):
-        files = {f"{prefix}-images-idx3-ubyte": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-                 f"{prefix}-labels-idx1-ubyte": (np.arange(n) % 10).astype(np.uint8)}
-        for name, array in files.items():
-            data = idx_bytes(array)
-            (root / (name + ".gz")).write_bytes(gzip.compress(data)) if gz else (root / name).write_bytes(data)
-    return root
-
-
 def test_hand_written_idx_round_trips(tmp_path):
     array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     path = tmp_path / "tiny-idx3-ubyte"
@@ -40,9 +22,9 @@ def test_hand_written_idx_round_trips(tmp_path):
     assert np.array_equal(read_idx(gz), array)
 
 
-def test_truncated_and_bad_idx_files(tmp_path):
-    path = tmp_path / "cut-idx1-ubyte"
-    path.write_bytes(idx_bytes(np.arange(10, dtype=np.uint8))[:-3])
+def test_truncated_and_bad_idx_files(tmp_path, fake_mnist):
+    path = fake_mnist(tmp_path, train=10, test=1) / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-3])
     with pytest.raises(ValueError, match="is truncated: expected 10 values .* found 7"):
         read_idx(path)
     path.write_bytes(b"\x00\x00\x0d\x01" + bytes(8))
@@ -51,8 +33,8 @@ def test_truncated_and_bad_idx_files(tmp_path):
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_fake_fashion_mnist_bundle(tmp_path, gz):
-    data = DATASETS["fashion-mnist"](root=str(write_fake_mnist(tmp_path / "fm", gz=gz)))
+def test_fake_fashion_mnist_bundle(tmp_path, gz, fake_mnist):
+    data = DATASETS["fashion-mnist"](root=str(fake_mnist(tmp_path / "fm", gz=gz)))
     assert (data.num_train, data.in_channels, data.image_size, data.num_classes) == (40, 1, 28, 10)
     x1, x2, y, index = next(data.train_batches(16, epoch=0, seed=0, device="cpu"))
     assert x1.shape == x2.shape == (16, 1, 28, 28) and torch.equal(y, index % 10)

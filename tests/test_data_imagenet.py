@@ -148,6 +148,17 @@ def test_device_augmentation_option(full_root):
     assert torch.equal(again[0][0], first[1][0]) and torch.equal(again[0][1], first[1][1])
 
 
+def test_device_augmentation_shards_make_the_global_batch(full_root):
+    """world_size 2: each rank's rows (views, labels, indices) are those of the single-process batch."""
+    data = _load(full_root, gpu_augment=True)
+    single = list(data.train_batches(8, epoch=1, seed=3, device="cpu", start_step=23))
+    shards = [list(data.train_batches(8, epoch=1, seed=3, device="cpu", start_step=23, rank=r, world_size=2))
+              for r in range(2)]
+    assert len(single) == len(shards[0]) == len(shards[1]) == 2
+    for whole, first, second in zip(single, *shards):
+        assert all(torch.equal(w, torch.cat([u, v])) for w, u, v in zip(whole, first, second))
+
+
 def test_batched_blur_matches_a_per_image_convolution():
     aug = BatchAugment(16, blur_prob=1.0, blur_sigma=(1.0, 1.0), blur_kernel=5, jitter_prob=0.0)
     x = torch.rand(2, 3, 16, 16)

@@ -1,8 +1,6 @@
 """Composed-background benchmark: determinism, the two labels, spurious correlation, background leakage."""
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,15 +13,9 @@ FASHION = Path(DEFAULT_ROOTS["fashion-mnist"])
 
 
 @pytest.fixture(scope="module")
-def items(tmp_path_factory) -> str:
+def items(tmp_path_factory, fake_mnist) -> str:
     """Fake Fashion-MNIST IDX files: 5000 train and 600 test items (random pixels, labels i % 10)."""
-    root, rng = tmp_path_factory.mktemp("fm"), np.random.default_rng(0)
-    for prefix, n in (("train", 5000), ("t10k", 600)):
-        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
-                            ("labels-idx1", (np.arange(n) % 10).astype(np.uint8))):
-            header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-            (root / f"{prefix}-{kind}-ubyte").write_bytes(header + array.tobytes())
-    return str(root)
+    return str(fake_mnist(tmp_path_factory.mktemp("fm"), train=5000, test=600))
 
 
 def chi_square(a: torch.Tensor, b: torch.Tensor) -> float:

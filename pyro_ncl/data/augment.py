@@ -4,14 +4,15 @@
 random resized crop (area ∈ scale, aspect ∈ ratio) and horizontal flip through one ``grid_sample``, then colour
 jitter (brightness, contrast and, for RGB, saturation) with probability ``jitter_prob``, grayscale with
 probability ``grayscale_prob`` and Gaussian blur with probability ``blur_prob``. ``photometric`` applies the
-colour and blur steps alone (for views cropped elsewhere, e.g. in data-loader workers). Randomness comes from
-``generator`` (CPU) so that views are reproducible.
+colour and blur steps alone (for views cropped elsewhere, e.g. in data-loader workers), optionally to given rows
+of a larger batch (a data-parallel shard). Randomness comes from ``generator`` (CPU) so that views are
+reproducible.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,11 @@ import torch.nn.functional as F
 
 def _uniform(shape, low, high, generator, device):
     return torch.rand(shape, generator=generator).to(device) * (high - low) + low
+
+
+def _sampler(n: int, rows: slice, generator, device) -> Callable:
+    """``draw(low, high)``: uniform values drawn for ``n`` images, those of ``rows`` kept."""
+    return lambda low, high: _uniform(n, low, high, generator, device)[rows]
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -58,17 +64,21 @@ class BatchAugment:
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         return self.photometric(out, generator)
 
-    def photometric(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Colour jitter, grayscale and Gaussian blur of a float batch [B, C, S, S] in [0, 1] (no geometry)."""
-        x = self._colour(x, generator)
-        return self._blur(x, generator) if self.blur_prob > 0 else x
+    def photometric(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, rows: Optional[slice] = None,
+                    batch_size: Optional[int] = None) -> torch.Tensor:
+        """Colour jitter, grayscale and Gaussian blur of a float batch [b, C, S, S] in [0, 1] (no geometry). ``x``
+        may be ``rows`` of a batch of ``batch_size``: parameters are drawn for all its images, these rows' kept."""
+        draw = _sampler(x.shape[0] if batch_size is None else batch_size, slice(None) if rows is None else rows,
+                        generator, x.device)
+        x = self._colour(x, draw)
+        return self._blur(x, draw) if self.blur_prob > 0 else x
 
-    def _blur(self, x: torch.Tensor, generator) -> torch.Tensor:
+    def _blur(self, x: torch.Tensor, draw: Callable) -> torch.Tensor:
         """Per-image Gaussian blur (probability ``blur_prob``, σ uniform in ``blur_sigma``): one separable grouped
         convolution for the whole batch."""
         b, c, h, w = x.shape
-        sigma = _uniform(b, *self.blur_sigma, generator, x.device)
-        apply = _uniform(b, 0.0, 1.0, generator, x.device) < self.blur_prob
+        sigma = draw(*self.blur_sigma)
+        apply = draw(0.0, 1.0) < self.blur_prob
         half = self.blur_kernel // 2
         taps = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
         kernel = torch.exp(-0.5 * (taps[None] / sigma[:, None]) ** 2)
@@ -78,13 +88,12 @@ class BatchAugment:
         y = F.conv2d(F.pad(y, (0, 0, half, half), mode="reflect"), kernel[:, None, :, None], groups=b * c)
         return torch.where(apply.view(b, 1, 1, 1), y.reshape(b, c, h, w), x)
 
-    def _colour(self, x: torch.Tensor, generator) -> torch.Tensor:
-        b, dev = x.shape[0], x.device
-        view = (b, 1, 1, 1)
-        jitter = (_uniform(b, 0.0, 1.0, generator, dev) < self.jitter_prob).view(view)
-        bright = _uniform(b, 1 - self.brightness, 1 + self.brightness, generator, dev).view(view)
-        contrast = _uniform(b, 1 - self.contrast, 1 + self.contrast, generator, dev).view(view)
-        sat = _uniform(b, 1 - self.saturation, 1 + self.saturation, generator, dev).view(view)
+    def _colour(self, x: torch.Tensor, draw: Callable) -> torch.Tensor:
+        view = (x.shape[0], 1, 1, 1)
+        jitter = (draw(0.0, 1.0) < self.jitter_prob).view(view)
+        bright = draw(1 - self.brightness, 1 + self.brightness).view(view)
+        contrast = draw(1 - self.contrast, 1 + self.contrast).view(view)
+        sat = draw(1 - self.saturation, 1 + self.saturation).view(view)
         y = x * bright
         mean = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
         y = (y - mean) * contrast + mean
@@ -92,6 +101,6 @@ class BatchAugment:
             y = (y - _gray(y)) * sat + _gray(y)
         x = torch.where(jitter, y.clamp(0, 1), x)
         if self.grayscale_prob > 0 and x.shape[1] == 3:
-            gray = (_uniform(b, 0.0, 1.0, generator, dev) < self.grayscale_prob).view(view)
+            gray = (draw(0.0, 1.0) < self.grayscale_prob).view(view)
             x = torch.where(gray, _gray(x).expand_as(x), x)
         return x

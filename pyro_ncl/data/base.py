@@ -14,9 +14,11 @@ images (and views) that one process would get; ``local_train_batches`` does the 
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -28,6 +30,46 @@ DATASETS: Registry = Registry("dataset")
 
 class DatasetNotFound(FileNotFoundError):
     """The data are missing; the message says where we looked and how to get them."""
+
+
+def reject_options(name: str, options: dict) -> None:
+    """One-line ValueError for options a dataset factory does not know."""
+    if options:
+        raise ValueError(f"unknown option(s) for dataset {name}: {', '.join(sorted(options))}")
+
+
+def check_num_workers(num_workers) -> int:
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        raise ValueError(f"--num-workers must be an integer >= 0, got {num_workers!r}")
+    return num_workers
+
+
+def error_reason(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its type name when it has none."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def torchvision_folder(name: str, root: Path, folder: str, stems: Sequence[str],
+                       download: Optional[Callable[[Path], None]] = None,
+                       hints: Optional[Dict[str, str]] = None) -> Path:
+    """Where torchvision's ``folder`` is: ``root`` itself if so named, else ``root / folder``. ``download``, when
+    given, is first called with the folder's parent. DatasetNotFound for the first of ``stems`` missing there
+    (with its ``hints`` entry appended)."""
+    parent, where = (root.parent, root) if root.name == folder else (root, root / folder)
+    if download is not None:
+        download(parent)
+    for stem in stems:
+        if not (where / stem).is_file():
+            raise DatasetNotFound(f"{name} not found: no {stem} in {where}; pass --download to fetch it with "
+                                  f"torchvision, or place torchvision's {folder} folder in --data-root"
+                                  f"{(hints or {}).get(stem, '')}")
+    return where
+
+
+def key_seed(*key) -> int:
+    """A 63-bit seed hashed from the "/"-joined ``key`` parts."""
+    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def step_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -136,20 +178,27 @@ class InMemoryData(DataBundle):
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self._mean.to(x.device)) / self._std.to(x.device)
 
+    def _gather(self, index: torch.Tensor, device) -> tuple:
+        """Training indices [B] (CPU) → images uint8 [B, C, H, W] and labels [B] on ``device``."""
+        data = self._on("train", device)
+        index = index.to(device)
+        return data.images[index], data.labels[index]
+
     def train_batches(self, batch_size, epoch, seed, device, start_step=0, rank=0, world_size=1):
         """``world_size`` > 1: process ``rank``'s rows of each global batch (the augmentation draws its random
         parameters for the whole global batch, so every process augments the B images and keeps its own)."""
-        data = self._on("train", device)
         order = epoch_permutation(self.num_train, seed, epoch)
         rows = shard_rows(batch_size, rank, world_size) if world_size > 1 else None
         for step in range(start_step, self.steps_per_epoch(batch_size)):
-            index = order[step * batch_size:(step + 1) * batch_size].to(device)
-            x = data.images[index].float().div_(255)
+            index = order[step * batch_size:(step + 1) * batch_size]
+            images, labels = self._gather(index, device)
+            x = images.float().div_(255)
             gen = step_generator(seed, epoch, step)
             x1, x2 = self._normalise(self.augment(x, gen)), self._normalise(self.augment(x, gen))
+            index = index.to(device)
             if rows is not None:
-                x1, x2, index = x1[rows], x2[rows], index[rows]
-            yield x1, x2, data.labels[index], index
+                x1, x2, labels, index = x1[rows], x2[rows], labels[rows], index[rows]
+            yield x1, x2, labels, index
 
     def eval_batches(self, split, batch_size, device):
         data = self._on(split, device)

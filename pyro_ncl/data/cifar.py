@@ -11,6 +11,7 @@ Views: the authors' 32 px recipe (random resized crop scale 0.08–1, flip, colo
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 
 from pyro_ncl.data.augment import BatchAugment
-from pyro_ncl.data.base import DATASETS, DatasetNotFound, ImageTensors, InMemoryData
-from pyro_ncl.data.folder import check_num_workers, reject_options
+from pyro_ncl.data.base import DATASETS, ImageTensors, InMemoryData, check_num_workers, error_reason, reject_options
+from pyro_ncl.data.base import torchvision_folder
 
 DEFAULT_ROOT = "data"
 SPECS = {  # name: (folder, train files, test files, label key, classes, mean, std, torchvision class)
@@ -42,8 +43,7 @@ def read_cifar_batch(path: Path, label_key: str) -> ImageTensors:
         try:
             entry = pickle.load(f, encoding="latin1")
         except Exception as err:
-            raise ValueError(f"{path} is not a CIFAR pickle: {str(err).splitlines()[0] if str(err) else err!r}") \
-                from None
+            raise ValueError(f"{path} is not a CIFAR pickle: {error_reason(err)!r}") from None
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
     if "data" not in entry or label_key not in entry:
         raise ValueError(f"{path} lacks the 'data' and {label_key!r} entries of a CIFAR batch")
@@ -59,10 +59,6 @@ def _concat(parts: Sequence[ImageTensors]) -> ImageTensors:
     return ImageTensors(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
 
 
-def _locate(root: Path, folder: str) -> Path:
-    return root if root.name == folder else root / folder
-
-
 def _download(name: str, root: Path) -> None:
     import torchvision.datasets as tvd
     cls = getattr(tvd, SPECS[name][-1])
@@ -76,14 +72,8 @@ def _cifar(name: str):
     def build(root=None, subset=None, download: bool = False, num_workers: int = 0, **options) -> InMemoryData:
         reject_options(name, options)
         check_num_workers(num_workers)
-        base = Path(root or DEFAULT_ROOT)
-        if download:
-            _download(name, base.parent if base.name == folder else base)
-        where = _locate(base, folder)
-        for stem in train_files + test_files:
-            if not (where / stem).is_file():
-                raise DatasetNotFound(f"{name} not found: no {stem} in {where}; pass --download to fetch it with "
-                                      f"torchvision, or place torchvision's {folder} folder in --data-root")
+        where = torchvision_folder(name, Path(root or DEFAULT_ROOT), folder, train_files + test_files,
+                                   download=partial(_download, name) if download else None)
         train = _concat([read_cifar_batch(where / s, label_key) for s in train_files])
         test = _concat([read_cifar_batch(where / s, label_key) for s in test_files])
         for split in (train, test):

@@ -11,7 +11,6 @@ Unreadable images raise ``ImageReadError("cannot read image PATH: REASON")`` whe
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate
 
-from pyro_ncl.data.base import DataBundle, check_subset, epoch_permutation, shard_rows, step_generator
+from pyro_ncl.data.base import DataBundle, check_num_workers, check_subset, epoch_permutation, error_reason, key_seed
+from pyro_ncl.data.base import shard_rows, step_generator
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 Samples = List[Tuple[str, int]]  # (image path, label)
@@ -31,18 +31,6 @@ Samples = List[Tuple[str, int]]  # (image path, label)
 
 class ImageReadError(ValueError):
     """An image file that PIL cannot decode; the message names the file."""
-
-
-def reject_options(name: str, options: dict) -> None:
-    """One-line ValueError for options a dataset factory does not know."""
-    if options:
-        raise ValueError(f"unknown option(s) for dataset {name}: {', '.join(sorted(options))}")
-
-
-def check_num_workers(num_workers) -> int:
-    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
-        raise ValueError(f"--num-workers must be an integer >= 0, got {num_workers!r}")
-    return num_workers
 
 
 def image_files(folder: Path) -> List[Path]:
@@ -58,8 +46,7 @@ def load_rgb(path: str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ImageReadError(f"cannot read image {path}: {reason}") from None
+        raise ImageReadError(f"cannot read image {path}: {error_reason(err)}") from None
 
 
 def _check_one(path: str) -> Optional[str]:
@@ -70,7 +57,7 @@ def _check_one(path: str) -> Optional[str]:
             img.load()
         return None
     except Exception as err:
-        return str(err).splitlines()[0] if str(err) else type(err).__name__
+        return error_reason(err)
 
 
 def find_bad_images(paths: Sequence[str], threads: Optional[int] = None) -> List[Tuple[str, str]]:
@@ -82,8 +69,7 @@ def find_bad_images(paths: Sequence[str], threads: Optional[int] = None) -> List
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """A 63-bit seed for the transforms of the image at ``position`` of epoch ``epoch``'s order."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{position}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    return key_seed(seed, epoch, position)
 
 
 class _Failed(NamedTuple):
@@ -176,7 +162,9 @@ class FolderData(DataBundle):
     maps it to [C, S, S] deterministically. ``subset``: a fixed random choice of that many training images.
     One pass (train or eval) at a time per batch size: the DataLoaders are cached and their workers persist.
     ``device_augment(x, generator)``: when given, the workers' ``train_transform`` only crops (uint8 views) and
-    this finishes each view batch on the training device, with a generator fixed by (seed, epoch, step, rank)."""
+    this finishes each view batch on the training device, with a generator fixed by (seed, epoch, step):
+    ``device_augment(x, generator, rows, batch_size)`` draws its parameters for the whole global batch of
+    ``batch_size`` and applies those of ``rows`` (this process's shard; None: all rows)."""
 
     def __init__(self, name: str, train_samples: Samples, test_samples: Samples, num_classes: int,
                  train_transform: Callable, eval_transform: Callable, image_size: int, subset: Optional[int] = None,
@@ -224,7 +212,7 @@ class FolderData(DataBundle):
         """(x1 [B,C,S,S], x2 [B,C,S,S], y [B], index [B]) for steps start_step..steps_per_epoch-1; with
         ``world_size`` > 1 process ``rank``'s B/G rows of each global batch (only those images are decoded)."""
         self.steps_per_epoch(batch_size)
-        shard_rows(batch_size, rank, world_size)  # refuses B % G != 0
+        rows = shard_rows(batch_size, rank, world_size)  # refuses B % G != 0
         loader = self._loader("train", batch_size, device)
         sampler = loader.batch_sampler
         sampler.seed, sampler.epoch, sampler.start_step = seed, epoch, start_step
@@ -233,8 +221,8 @@ class FolderData(DataBundle):
             x1, x2, y, index = _unwrap(batch)
             x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
             if self.device_augment is not None:
-                gen = step_generator(seed * 1009 + rank, epoch, step)
-                x1, x2 = self.device_augment(x1, gen), self.device_augment(x2, gen)
+                gen = step_generator(seed * 1009, epoch, step)
+                x1, x2 = (self.device_augment(x, gen, rows, batch_size) for x in (x1, x2))
             yield x1, x2, y.to(device, non_blocking=True), index.to(device, non_blocking=True)
 
     def eval_batches(self, split, batch_size, device) -> Iterator:

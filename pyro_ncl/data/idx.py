@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_ncl.data.base import DATASETS, DatasetNotFound, InMemoryData, ImageTensors
-from pyro_ncl.data.folder import reject_options
+from pyro_ncl.data.base import DATASETS, DatasetNotFound, InMemoryData, ImageTensors, check_num_workers, reject_options
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -52,8 +51,9 @@ def load_idx_split(root: Path, split: str, name: str) -> ImageTensors:
 
 def _idx_dataset(name: str):
     def build(root=None, subset=None, num_workers: int = 0, **options) -> InMemoryData:
-        """``num_workers`` is accepted for a uniform interface: in-memory data need no workers."""
+        """``num_workers`` is accepted (and checked) for a uniform interface: in-memory data need no workers."""
         reject_options(name, options)
+        check_num_workers(num_workers)
         folder = Path(root or DEFAULT_ROOTS[name])
         if not folder.is_dir():
             raise DatasetNotFound(f"{name} not found: {folder} is not a folder; {HOW_TO_GET[name]}, or pass --data-root")

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torchvision.transforms.v2 as T
 
 from pyro_ncl.data.augment import BatchAugment
-from pyro_ncl.data.base import DATASETS, DatasetNotFound
-from pyro_ncl.data.folder import FolderData, Samples, image_files, reject_options
+from pyro_ncl.data.base import DATASETS, DatasetNotFound, reject_options
+from pyro_ncl.data.folder import FolderData, Samples, image_files
 
 NAME = "imagenet100"
 DEFAULT_ROOT = "data/imagenet100"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HOW_TO_GET = ("pass --data-root pointing at an ImageNet-100 folder or a full ImageNet-1k root, "
               "each with train/ and val/ holding one folder per wnid (train/<wnid>/*.JPEG)")
+# the authors' 224 px recipe: crop scale, colour jitter strength and probabilities (jitter, grayscale, blur)
+CROP_SCALE, JITTER, JITTER_PROB, GRAYSCALE_PROB, BLUR_PROB = (0.08, 1.0), 0.8, 0.8, 0.2, 0.5
 
 
 def imagenet100_classes() -> List[str]:
@@ -53,37 +55,53 @@ def find_split(root: Path, split: str, wnids: List[str]) -> Samples:
     return samples
 
 
-def imagenet_transforms(image_size: int = 224) -> Tuple[T.Compose, T.Compose]:
-    """(train, eval) transforms PIL → normalised float [3, S, S]; the authors' recipe at 224 px, scaled to S."""
+def blur_settings(image_size: int) -> Tuple[int, Tuple[float, float]]:
+    """(kernel size, sigma range) of the recipe's Gaussian blur, 23 px and 0.1–2 at 224 px, scaled to S."""
     scale = image_size / 224
-    kernel = max(3, int(round(23 * scale)) // 2 * 2 + 1)
-    tail = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)]
-    train = T.Compose([
-        T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1 * scale, 2.0 * scale))], p=0.5),
-        *tail])
-    eval_ = T.Compose([T.Resize(int(round(image_size * 256 / 224)), antialias=True), T.CenterCrop(image_size), *tail])
-    return train, eval_
+    return max(3, int(round(23 * scale)) // 2 * 2 + 1), (0.1 * scale, 2.0 * scale)
+
+
+def _crop_flip(image_size: int) -> list:
+    return [T.RandomResizedCrop(image_size, scale=CROP_SCALE, antialias=True), T.RandomHorizontalFlip()]
+
+
+def _to_normalised() -> list:
+    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)]
+
+
+def imagenet_train_transform(image_size: int = 224) -> T.Compose:
+    """PIL → one normalised augmented view [3, S, S]; the authors' recipe at 224 px, scaled to S."""
+    kernel, sigma = blur_settings(image_size)
+    return T.Compose([
+        *_crop_flip(image_size),
+        T.RandomApply([T.ColorJitter(JITTER, JITTER, JITTER, 0.2)], p=JITTER_PROB),
+        T.RandomGrayscale(p=GRAYSCALE_PROB),
+        T.RandomApply([T.GaussianBlur(kernel, sigma=sigma)], p=BLUR_PROB),
+        *_to_normalised()])
+
+
+def imagenet_eval_transform(image_size: int = 224) -> T.Compose:
+    """PIL → normalised float [3, S, S]: resize to S·256/224, centre crop S."""
+    return T.Compose([T.Resize(int(round(image_size * 256 / 224)), antialias=True), T.CenterCrop(image_size),
+                      *_to_normalised()])
 
 
 def imagenet_device_augment(image_size: int = 224) -> Tuple[T.Compose, Callable]:
     """The same recipe split for batched augmentation on the training device: (per-image crop + flip in the
     workers → uint8 [3, S, S], batched colour jitter, grayscale, blur and normalisation on the device). The batched
     colour jitter has no hue term (brightness, contrast, saturation 0.8 only)."""
-    scale = image_size / 224
-    crop = T.Compose([T.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
-                      T.RandomHorizontalFlip(), T.ToImage()])
-    photometric = BatchAugment(image_size, brightness=0.8, contrast=0.8, saturation=0.8, jitter_prob=0.8,
-                               grayscale_prob=0.2, blur_prob=0.5, blur_sigma=(0.1 * scale, 2.0 * scale),
-                               blur_kernel=max(3, int(round(23 * scale)) // 2 * 2 + 1))
+    kernel, sigma = blur_settings(image_size)
+    crop = T.Compose([*_crop_flip(image_size), T.ToImage()])
+    photometric = BatchAugment(image_size, brightness=JITTER, contrast=JITTER, saturation=JITTER,
+                               jitter_prob=JITTER_PROB, grayscale_prob=GRAYSCALE_PROB, blur_prob=BLUR_PROB,
+                               blur_sigma=sigma, blur_kernel=kernel)
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
 
-    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """uint8 [B, 3, S, S] on the device → normalised float views [B, 3, S, S]."""
-        x = photometric.photometric(x.float().div_(255), generator)
+    def augment(x: torch.Tensor, generator: torch.Generator, rows: Optional[slice] = None,
+                batch_size: Optional[int] = None) -> torch.Tensor:
+        """uint8 [b, 3, S, S] on the device → normalised float views [b, 3, S, S] (``rows`` of a batch of
+        ``batch_size``: see ``BatchAugment.photometric``)."""
+        x = photometric.photometric(x.float().div_(255), generator, rows, batch_size)
         return (x - mean.to(x.device)) / std.to(x.device)
     return crop, augment
 
@@ -101,9 +119,10 @@ def imagenet100(root=None, subset=None, image_size: int = 224, num_workers: int 
         raise DatasetNotFound(f"{NAME} not found: {folder} is not a folder; {HOW_TO_GET}")
     wnids = imagenet100_classes()
     train, test = find_split(folder, "train", wnids), find_split(folder, "val", wnids)
-    train_t, eval_t = imagenet_transforms(image_size)
-    device_augment = None
     if gpu_augment:
         train_t, device_augment = imagenet_device_augment(image_size)
+    else:
+        train_t, device_augment = imagenet_train_transform(image_size), None
+    eval_t = imagenet_eval_transform(image_size)
     return FolderData(NAME, train, test, len(wnids), train_t, eval_t, image_size, subset=subset,
                       num_workers=num_workers, skip_bad_images=skip_bad_images, device_augment=device_augment)

@@ -17,7 +17,6 @@ Options: ``seed`` (0), ``spurious_correlation`` (0.0), ``test_spurious_correlati
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Tuple
@@ -25,18 +24,17 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from pyro_ncl.data.base import DATASETS, DatasetNotFound, ImageTensors, InMemoryData, check_subset
+from pyro_ncl.data.base import DATASETS, DatasetNotFound, ImageTensors, InMemoryData, check_num_workers, check_subset
+from pyro_ncl.data.base import key_seed, reject_options
 from pyro_ncl.data.cifar import cifar_augment
-from pyro_ncl.data.folder import check_num_workers, reject_options
-from pyro_ncl.data.idx import DEFAULT_ROOTS, load_idx_split
+from pyro_ncl.data.idx import DEFAULT_ROOTS, HOW_TO_GET, load_idx_split
 
 NAME, SIZE, ITEM, CHUNK = "scenes", 32, 28, 4096
 BACKGROUNDS = ("stripes", "checkerboard", "gradient", "blobs", "rings")
 
 
 def _generator(*key) -> torch.Generator:
-    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+    return torch.Generator().manual_seed(key_seed(*key))
 
 
 def _rand(n: int, g: torch.Generator, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
@@ -167,8 +165,7 @@ def scenes(root=None, subset=None, seed: int = 0, spurious_correlation: float = 
     folder = Path(root or DEFAULT_ROOTS["fashion-mnist"])
     if not folder.is_dir():
         raise DatasetNotFound(f"{NAME} needs the Fashion-MNIST items: {folder} is not a folder; "
-                              f"`apt-get install dataset-fashion-mnist` puts them in {DEFAULT_ROOTS['fashion-mnist']}, "
-                              f"or pass --data-root")
+                              f"{HOW_TO_GET['fashion-mnist']}, or pass --data-root")
     train_items, test_items = (load_idx_split(folder, s, "fashion-mnist") for s in ("train", "test"))
     n = check_subset(subset, train_items.images.shape[0], NAME)
     train, train_bg = make_split(train_items, n, seed, "train", rho, num_backgrounds)

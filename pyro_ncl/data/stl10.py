@@ -16,10 +16,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pyro_ncl.data.base import DATASETS, DatasetNotFound, ImageTensors, InMemoryData, check_subset
-from pyro_ncl.data.base import epoch_permutation, step_generator
+from pyro_ncl.data.base import DATASETS, ImageTensors, InMemoryData, check_num_workers, check_subset, reject_options
+from pyro_ncl.data.base import torchvision_folder
 from pyro_ncl.data.cifar import cifar_augment
-from pyro_ncl.data.folder import check_num_workers, reject_options
 
 NAME, FOLDER, SIZE = "stl10", "stl10_binary", 96
 IMAGE_BYTES = 3 * SIZE * SIZE
@@ -77,25 +76,15 @@ class STL10Data(InMemoryData):
         labelled = index < data.images.shape[0]
         images = torch.empty(index.shape[0], 3, SIZE, SIZE, dtype=torch.uint8, device=device)
         labels = torch.full((index.shape[0],), -1, dtype=torch.int64, device=device)
-        lab = index[labelled].to(device)
-        images[labelled.to(device)], labels[labelled.to(device)] = data.images[lab], data.labels[lab]
+        lab, on = index[labelled].to(device), labelled.to(device)
+        images[on], labels[on] = data.images[lab], data.labels[lab]
         rows = (index[~labelled] - data.images.shape[0]).numpy()
         if rows.size:
             order = np.argsort(rows)  # sorted reads are kinder to the page cache
             block = np.empty((rows.size, 3, SIZE, SIZE), dtype=np.uint8)
             block[order] = to_chw(self.unlabeled[rows[order]])
-            images[(~labelled).to(device)] = torch.from_numpy(block).to(device)
+            images[~on] = torch.from_numpy(block).to(device)
         return images, labels
-
-    def train_batches(self, batch_size, epoch, seed, device, start_step=0):
-        order = epoch_permutation(self.num_train, seed, epoch)
-        for step in range(start_step, self.steps_per_epoch(batch_size)):
-            index = order[step * batch_size:(step + 1) * batch_size]
-            images, labels = self._gather(index, device)
-            x = images.float().div_(255)
-            gen = step_generator(seed, epoch, step)
-            yield (self._normalise(self.augment(x, gen)), self._normalise(self.augment(x, gen)),
-                   labels, index.to(device))
 
 
 def _download(root: Path) -> None:
@@ -108,15 +97,9 @@ def stl10(root=None, subset=None, use_unlabeled: bool = True, download: bool = F
           **options) -> STL10Data:
     reject_options(NAME, options)
     check_num_workers(num_workers)
-    base = Path(root or DEFAULT_ROOT)
-    if download:
-        _download(base.parent if base.name == FOLDER else base)
-    where = base if base.name == FOLDER else base / FOLDER
     needed = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"] + (["unlabeled_X.bin"] if use_unlabeled else [])
-    for stem in needed:
-        if not (where / stem).is_file():
-            extra = " (or pass use_unlabeled=False)" if stem == "unlabeled_X.bin" else ""
-            raise DatasetNotFound(f"{NAME} not found: no {stem} in {where}; pass --download to fetch it with "
-                                  f"torchvision, or place torchvision's {FOLDER} folder in --data-root{extra}")
+    where = torchvision_folder(NAME, Path(root or DEFAULT_ROOT), FOLDER, needed,
+                               download=_download if download else None,
+                               hints={"unlabeled_X.bin": " (or pass use_unlabeled=False)"})
     unlabeled = open_unlabeled(where) if use_unlabeled else None
     return STL10Data(read_split(where, "train"), read_split(where, "test"), unlabeled, subset=subset)

@@ -17,7 +17,6 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,11 +122,9 @@ def memory_task(args):
 
 
 def _worker(rank, world, port, task, args, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
     torch.set_num_threads(args.threads)
     pyro.enable_validation(False)
-    distributed.setup(torch.device("cpu"))
+    distributed.setup_local(rank, world, port)
     try:
         if task == "equality":
             result = {str(dtype): equality_task(args, dtype) for dtype in (torch.float64, torch.float32)}
@@ -135,8 +132,7 @@ def _worker(rank, world, port, task, args, out):
             result = throughput_task(args)
         else:
             result = memory_task(args)
-        if isinstance(result, dict):
-            result["peak_rss_mib"] = peak_rss_mib()
+        result["peak_rss_mib"] = peak_rss_mib()
         torch.save(result, Path(out) / f"{task}-{world}-{rank}.pt")
     finally:
         distributed.cleanup()
@@ -192,4 +188,3 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     main(parser.parse_args())
-    sys.exit(0)

@@ -27,14 +27,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import METHODS, Config  # noqa: E402
+from pyro_ncl.config import BOOKKEEPING, METHODS, Config, read_run_config  # noqa: E402
+from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 
-METRICS = ["linear_probe_backbone", "linear_probe_features", "knn_accuracy", "semantic_consistency", "sparsity",
-           "active_dims", "open_gates", "retrieval_p1", "effective_rank", "orthogonality", "entropy_freq"]
+# every run's end-of-run metrics, then experiments/evaluate.py's
+METRICS = [*RUN_METRICS, "retrieval_p1", "effective_rank", "orthogonality", "entropy_freq"]
 PARTS = ("prior", "guide", "likelihood", "non_neg")
 DEFAULTS = {f.name: f.default for f in fields(Config)}
-IGNORED = {"seed", "out", "device", "overwrite", "resume", "num_workers", "log_every", "checkpoint_every",
-           "eval_batch_size", "data_root", "method", *PARTS}
+IGNORED = {"seed", "method", *PARTS, *BOOKKEEPING}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,9 +48,9 @@ def parser() -> argparse.ArgumentParser:
 def read_run(run_dir: Path) -> Optional[dict]:
     """{"path", "config", "metrics"} or None (with a warning) when the run has no metrics yet."""
     try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as err:
-        print(f"warning: skipping {run_dir}: no readable config.json ({type(err).__name__})", file=sys.stderr)
+        config = read_run_config(run_dir)
+    except ValueError as err:
+        print(f"warning: skipping {run_dir}: {err}", file=sys.stderr)
         return None
     metrics: Dict = {}
     for path in (run_dir / "metrics.json", run_dir / "eval" / "metrics.json"):

@@ -5,8 +5,9 @@
     python experiments/evaluate.py runs/ncl --device cuda --tsne-samples 5000
 
 Writes RUN_DIR/eval/ (the run's own metrics.json is left alone):
-    metrics.json                 interpretability suite (test), kNN, linear probes on h and on the features,
-                                 retrieval P@1/3/5/10 and feature selection for k = 16, 32, ..., K
+    metrics.json                 the run's end-of-run metrics recomputed (linear probes on h and on the features,
+                                 kNN, ...), the interpretability suite (test), retrieval P@1/3/5/10 and feature
+                                 selection for k = 16, 32, ..., K (k = K: the probe on all features)
     gate_frequency_by_class.png  classes × dimensions: fraction of each class's test images opening the gate (gated)
     top_dims.png                 the test images that activate the most important dimensions most
     retrieval.png                retrieval precision against k
@@ -36,7 +37,8 @@ from pyro_ncl.data import DatasetNotFound  # noqa: E402
 from pyro_ncl.inspect import Run, extract_split, gate_frequency_by_class, load_run  # noqa: E402
 from pyro_ncl.metrics import (EPS, dimension_importance, feature_selection, interpretability_suite,  # noqa: E402
                               retrieval_precision)
-from pyro_ncl.probes import knn_accuracy, linear_probe  # noqa: E402
+from pyro_ncl.evaluation import score  # noqa: E402
+from pyro_ncl.probes import linear_probe  # noqa: E402
 from pyro_ncl.train import resolve_device  # noqa: E402
 
 def parser() -> argparse.ArgumentParser:
@@ -59,7 +61,7 @@ def importance_of(run: Run, train: Dict[str, torch.Tensor]) -> Tuple[torch.Tenso
     frequency, ties (e.g. gates open for every image) broken by the column sums of the gated features — the
     tie-break term stays below the frequency's resolution 1/N, so it never reorders distinct frequencies."""
     if run.gated:
-        frequency = train["gate"].double().mean(0)
+        frequency = dimension_importance(train["gate"], "frequency").double()
         sums = dimension_importance(train["features"]).double()
         tie_break = 0.5 / len(train["gate"]) * sums / sums.max().clamp_min(1e-12)
         return frequency + tie_break, "gate_frequency (ties: column sums)"
@@ -70,24 +72,21 @@ def importance_of(run: Run, train: Dict[str, torch.Tensor]) -> Tuple[torch.Tenso
 
 
 def compute_metrics(run: Run, train, test, importance: torch.Tensor, args, device) -> Dict:
+    """The end-of-run metrics (``evaluation.score``), the interpretability suite, retrieval and feature selection."""
     C, K = run.data.num_classes, test["features"].shape[1]
-    probe = functools.partial(linear_probe, num_classes=C, epochs=args.probe_epochs or run.config.probe_epochs,
-                              seed=args.seed, device=device)
+    epochs = args.probe_epochs or run.config.probe_epochs
     Ftr, Fte, ytr, yte = train["features"], test["features"], train["y"], test["y"]
-    metrics = dict(interpretability_suite(Fte, yte, C))
-    metrics.update(
-        knn_accuracy=knn_accuracy(Ftr, ytr, Fte, yte, k=args.knn_k or run.config.knn_k, num_classes=C),
-        linear_probe_backbone=probe(train["h"], ytr, test["h"], yte),
-        linear_probe_features=probe(Ftr, ytr, Fte, yte),
-        feature_dim=K)
-    if "gate" in test:
-        metrics["open_gates"] = float(test["gate"].mean())
+    metrics = score(train, test, run.data, device=device, probe_epochs=epochs,
+                    knn_k=args.knn_k or run.config.knn_k, seed=args.seed)
+    metrics.update(interpretability_suite(Fte, yte, C))
     ps = [p for p in (1, 3, 5, 10) if p < Fte.shape[0]]
     retrieval = retrieval_precision(Ftr, Fte, yte, importance=importance, ps=ps)
     metrics.update({f"retrieval_p{p}": retrieval[K][p] for p in ps})  # all K dimensions
     metrics["retrieval"] = {str(k): {f"P@{p}": v for p, v in row.items()} for k, row in retrieval.items()}
-    selection = feature_selection(Ftr, ytr, Fte, yte, importance=importance,
-                                  probe_fn=probe)
+    probe = functools.partial(linear_probe, num_classes=C, epochs=epochs, seed=args.seed, device=device)
+    ks = [k for k in retrieval if k < K]  # k = K is the probe on all features, trained above
+    selection = feature_selection(Ftr, ytr, Fte, yte, importance=importance, ks=ks, probe_fn=probe) if ks else {}
+    selection[K] = metrics["linear_probe_features"]
     metrics["feature_selection"] = {str(k): v for k, v in selection.items()}
     return metrics
 

@@ -10,6 +10,7 @@ Writes to --out: config.json, log.csv, checkpoint.pt, metrics.json, loss.png.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -22,8 +23,8 @@ from guides import GUIDES
 from models import PRIORS
 from pyro_ncl import distributed
 from pyro_ncl.checkpoint import CheckpointError, load_latest
-from pyro_ncl.config import (FIELD_NAMES, METHODS, Config, build_parser, config_from_args, dataset_options,
-                             read_run_config, save_config)
+from pyro_ncl.config import (METHODS, Config, build_parser, config_from_args, config_from_run, dataset_options,
+                             save_config)
 from pyro_ncl.data import DATASETS, DatasetNotFound, load_dataset
 from pyro_ncl.encoders import BACKBONES, NON_NEGATIVITY
 from pyro_ncl.evaluation import evaluate
@@ -42,6 +43,8 @@ def parser():
 
 
 def prepare_out_dir(config: Config) -> Path:
+    """--out, created and checked writable. Results of an earlier run there are refused, or with --overwrite
+    removed (so that no checkpoint of that run becomes this run's ``checkpoint.prev.pt``)."""
     out = Path(config.out)
     existing = [name for name in RESULT_FILES if (out / name).exists()]
     if existing and not config.overwrite:
@@ -52,6 +55,8 @@ def prepare_out_dir(config: Config) -> Path:
         probe = out / ".write-test"
         probe.write_text("")
         probe.unlink()
+        for name in existing:
+            (out / name).unlink()
     except OSError as err:
         raise ValueError(f"--out {out} is not writable: {err.strerror}") from None
     return out
@@ -64,12 +69,8 @@ def resume_config(args) -> Config:
     if explicit:
         raise ValueError(f"--resume uses the settings saved in {run_dir / 'config.json'}; drop "
                          + ", ".join("--" + k.replace("_", "-") for k in explicit))
-    saved = read_run_config(run_dir)
-    unknown = sorted(set(saved) - FIELD_NAMES)
-    if unknown:
-        raise ValueError(f"--resume {run_dir}: config.json has unknown settings {', '.join(unknown)}")
-    saved.update(resume=str(run_dir), out=str(run_dir), device=args.device or saved.get("device", "auto"))
-    return Config(**saved)
+    saved = config_from_run(run_dir, unknown="raise", label=f"--resume {run_dir}")
+    return dataclasses.replace(saved, resume=str(run_dir), out=str(run_dir), device=args.device or saved.device)
 
 
 def check_resumable(state: dict, config: Config) -> None:

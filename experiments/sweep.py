@@ -24,11 +24,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import FIELD_NAMES  # noqa: E402
+from pyro_ncl.config import FIELD_NAMES, config_from_run  # noqa: E402
+from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 
 RUN_SVI = Path(__file__).resolve().parent / "run_svi.py"
-COLUMNS = ["linear_probe_backbone", "linear_probe_features", "knn_accuracy", "semantic_consistency", "sparsity",
-           "active_dims", "open_gates", "background_leakage", "seconds_per_epoch"]
+COLUMNS = [*RUN_METRICS, "seconds_per_epoch"]
 
 
 def parse_axis(text: str) -> List[Dict[str, str]]:
@@ -69,10 +69,10 @@ def run_point(point: Dict[str, str], run_dir: Path, extra: List[str]) -> Tuple[b
 
 def summarise(run_dir: Path, point: Dict[str, str]) -> Dict[str, object]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+    config = config_from_run(run_dir, unknown="warn")
     row: Dict[str, object] = {"run": run_dir.name, **point}
     row.update({k: metrics.get(k, "") for k in COLUMNS if k != "seconds_per_epoch"})
-    row["seconds_per_epoch"] = metrics["train_seconds"] / max(1, config["epochs"])
+    row["seconds_per_epoch"] = metrics["train_seconds"] / max(1, config.epochs)
     return row
 
 

@@ -6,11 +6,13 @@ import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 import pyro
 import torch
+
+from pyro_ncl import distributed
 
 
 class CheckpointError(RuntimeError):
@@ -71,18 +73,30 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def training_state(system, trainer, config, epoch: int, step_in_epoch: int, elapsed: float) -> Dict[str, Any]:
+def gather_rng_states() -> List[Dict[str, Any]]:
+    """Every process's random state, in rank order (``[this process's]`` in one process). A collective under
+    ``torch.distributed``: every process calls it, also those that do not write the checkpoint."""
+    return distributed.all_gather_objects(_rng_state())
+
+
+def training_state(system, trainer, config, epoch: int, step_in_epoch: int, elapsed: float,
+                   rng_ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Everything needed to continue exactly: networks (with BatchNorm buffers), guide, optimiser, schedule, step,
-    position in the data order, RNG states, and Pyro's non-module params (e.g. decaying-average baselines)."""
+    position in the data order, the RNG states of the processes (``rng_ranks``, from ``gather_rng_states``) and
+    Pyro's non-module params (e.g. decaying-average baselines)."""
     store = pyro.get_param_store()
     return dict(system=system.state_dict(), optimizer=trainer.optimizer.state_dict(),
                 scheduler=trainer.scheduler.state_dict(), step=trainer.step_count, epoch=epoch,
-                step_in_epoch=step_in_epoch, elapsed=elapsed, rng=_rng_state(), config=config.to_dict(),
+                step_in_epoch=step_in_epoch, elapsed=elapsed, rng_ranks=rng_ranks, world_size=len(rng_ranks),
+                config=config.to_dict(),
                 pyro_params={k: v.detach().clone() for k, v in store.items() if "$$$" not in k})
 
 
-def restore_training_state(state: Dict[str, Any], system, trainer):
-    """Inverse of ``training_state``; returns (epoch, step_in_epoch, elapsed seconds)."""
+def restore_training_state(state: Dict[str, Any], system, trainer, seed: int):
+    """Inverse of ``training_state``; returns (epoch, step_in_epoch, elapsed seconds). Each process continues its
+    own random stream, ``rng_ranks[rank]``. A checkpoint of another number of processes gives the same batches but
+    other gate noise (a warning says so): one process takes rank 0's stream, several are seeded afresh per rank
+    (from ``seed`` and the step)."""
     try:
         system.load_state_dict(state["system"])
     except RuntimeError as err:
@@ -93,7 +107,15 @@ def restore_training_state(state: Dict[str, Any], system, trainer):
     store = pyro.get_param_store()
     for name, value in state.get("pyro_params", {}).items():
         store[name] = value
-    _set_rng_state(state["rng"])
+    rng_ranks = state["rng_ranks"] if "rng_ranks" in state else [state["rng"]]  # older one-process checkpoints
+    world_size = distributed.world_size()
+    if len(rng_ranks) == world_size or world_size == 1:
+        _set_rng_state(rng_ranks[distributed.rank()])
+    else:
+        distributed.seed_rank(seed * 7_919 + state["step"])
+    if len(rng_ranks) != world_size and distributed.is_main():
+        print(f"warning: checkpoint written by {len(rng_ranks)} process(es), resumed by {world_size}: same "
+              f"batches, other gate noise", file=sys.stderr)
     return state["epoch"], state["step_in_epoch"], state["elapsed"]
 
 

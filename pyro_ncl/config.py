@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -127,14 +128,13 @@ class Config:
                   (self.gate_temperature > 0, f"--gate-temperature must be > 0, got {self.gate_temperature}"),
                   (self.kl_weight >= 0, f"--kl-weight must be >= 0, got {self.kl_weight}"),
                   (self.lr > 0 and self.gate_lr > 0, f"learning rates must be > 0, got {self.lr}, {self.gate_lr}"),
-                  (self.subset is None or self.subset >= 2, f"--subset must be at least 2, got {self.subset}"),
+                  (self.subset is None or self.subset >= 2, f"--subset must be at least 2 images, got {self.subset}"),
                   (self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}"),
-                  (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}"),
-                  (self.amp in ("none", "bf16"), f"--amp must be none or bf16, got {self.amp!r} (fp16 would need "
-                                                 f"loss scaling, which this trainer does not do)")]
+                  (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_amp(self.amp)
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -142,7 +142,20 @@ class Config:
 
 
 FIELD_NAMES = {f.name for f in fields(Config)}
+AMP_MODES = ("none", "bf16")
+
+
+def check_amp(amp: str) -> None:
+    """The one check of ``--amp`` (``Config.validate`` before a run, ``system.accelerate`` for direct calls)."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"--amp must be none or bf16, got {amp!r} (fp16 would need loss scaling, which this "
+                         f"trainer does not do)")
+
+
 DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation")
+# settings that change neither what a run learns nor how it is scored: where and how it runs, logs and saves
+BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "download", "num_workers", "log_every",
+               "checkpoint_every", "eval_batch_size", "channels_last", "compile")
 
 
 def dataset_options(config: Config) -> Dict[str, Any]:
@@ -209,6 +222,21 @@ def read_run_config(run_dir: Path) -> Dict[str, Any]:
         raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} does not parse ({err.msg} at line {err.lineno})") from None
+
+
+def config_from_run(run_dir: Path, unknown: str = "raise", label: Optional[str] = None) -> Config:
+    """The ``Config`` a run saved in its ``config.json`` (not resolved). Settings this version does not know:
+    ``unknown="raise"``: a one-line ValueError (naming the run as ``label``, default its folder); ``"warn"``: a
+    warning, and they are left out (e.g. a run written by another version of the code)."""
+    if unknown not in ("raise", "warn"):
+        raise ValueError(f"unknown must be 'raise' or 'warn', got {unknown!r}")
+    values = read_run_config(run_dir)
+    extra = sorted(set(values) - FIELD_NAMES)
+    if extra and unknown == "raise":
+        raise ValueError(f"{label or run_dir}: config.json has unknown settings {', '.join(extra)}")
+    if extra:
+        warnings.warn(f"{Path(run_dir) / 'config.json'}: ignoring unknown settings {', '.join(extra)}", stacklevel=2)
+    return Config(**{k: v for k, v in values.items() if k in FIELD_NAMES})
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -22,11 +22,10 @@ What stays equal to one process with the same global batch B (up to floating-poi
 * **Logged values.** The loss and the step statistics are averaged over the processes (each is a mean over
   equally many local views): the global values.
 * **Outputs.** Rank 0 alone writes config.json, log.csv, checkpoints, metrics.json and loss.png, and evaluates
-  while the other ranks wait at a barrier. A checkpoint holds ``rng`` (rank 0's random state: what one process
-  restores), ``rng_ranks`` (every rank's, gathered with ``all_gather_object`` when it is written) and
-  ``world_size``; on ``--resume`` every rank loads the checkpoint and restores its own entry, so a resumed run
-  continues exactly. Resuming with another number of processes gives the same batches but other gate noise
-  (a warning says so).
+  while the other ranks wait at a barrier. A checkpoint holds ``rng_ranks`` (every rank's random state, gathered
+  with ``all_gather_object`` when it is written; one entry in one process) and ``world_size``; on ``--resume``
+  every rank loads the checkpoint and restores its own entry, so a resumed run continues exactly. Resuming with
+  another number of processes gives the same batches but other gate noise (a warning says so).
 
 What differs: the gate noise. Each process draws its own (seeded per rank, ``seed_rank``), so a run with G
 processes samples other (equally distributed) gates than a run with one; likewise a global latent such as the
@@ -52,6 +51,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from pyro.ops.provenance import extract_provenance, track_provenance
+
+from pyro_ncl.data.base import shard_size
 
 DEFAULT_TIMEOUT_MINUTES = 120  # non-main ranks wait at a barrier while rank 0 evaluates
 
@@ -129,6 +130,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def setup_local(rank: int, world_size: int, port: int, device: torch.device = torch.device("cpu")) -> torch.device:
+    """``setup`` for process ``rank`` of ``world_size`` processes started on this machine without torchrun (e.g. by
+    ``torch.multiprocessing.spawn``, with ``port`` from ``free_port``): torchrun's environment is set first."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    return setup(device)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -193,20 +202,22 @@ def local_view_rows(local_images: int, device=None) -> torch.Tensor:
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter], loss: float,
-                      stats: Dict[str, float]) -> Tuple[float, Dict[str, float]]:
-    """Mean over the processes of every parameter's gradient, of the loss and of the step statistics, in one
-    flat all-reduce. A parameter without a gradient on every process keeps ``grad = None`` (as a single process
-    would leave it for the optimiser); one with a gradient on some processes only gets the mean over all (the
-    missing ones count as zero)."""
-    params = list(parameters)
+                      stats: Dict[str, Any]) -> Tuple[float, Dict[str, float]]:
+    """Mean over the processes of every parameter's gradient, of the loss and of the step statistics (floats or
+    0-dim tensors, e.g. ``ContrastiveSystem.step_values``: no wait for the device before the all-reduce), in one
+    flat all-reduce; returned as floats. A parameter without a gradient on every process keeps ``grad = None`` (as
+    a single process would leave it for the optimiser); one with a gradient on some processes only gets the mean
+    over all (the missing ones count as zero). Without a process group: ``loss`` and ``stats`` as given."""
     if not is_distributed():
         return loss, stats
+    params = list(parameters)
     device = params[0].device if params else torch.device("cpu")
     dtype = params[0].dtype if params else torch.float32
     keys = sorted(stats)
     pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in params]
     presence = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=device)
-    scalars = torch.tensor([loss] + [stats[k] for k in keys], dtype=torch.float64).to(device=device, dtype=dtype)
+    scalars = torch.stack([torch.as_tensor(value, dtype=torch.float64, device=device).reshape(())
+                           for value in [loss] + [stats[k] for k in keys]]).to(dtype)
     flat = torch.cat(pieces + [presence, scalars])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world_size()
@@ -282,9 +293,7 @@ def check_supported(config, likelihood_cls=None, guide_cls=None, size: Optional[
     size = env_world_size() if size is None else size
     if size <= 1:
         return
-    if config.batch_size % size:
-        raise ValueError(f"--batch-size {config.batch_size} is not divisible by the {size} processes "
-                         f"(WORLD_SIZE): each takes batch-size / {size} images of the global batch")
+    shard_size(config.batch_size, size)  # B % G != 0 is refused
     if likelihood_cls is not None and not hasattr(likelihood_cls, "per_view"):
         raise ValueError(f"--likelihood {config.likelihood} has no per-view form (per_view), which {size} "
                          f"processes need to share its negatives; run it in one process")

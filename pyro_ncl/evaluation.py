@@ -6,7 +6,8 @@ augmentation, and scored on the test split.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+import contextlib
+from typing import Dict, Iterator, Optional
 
 import torch
 
@@ -16,16 +17,30 @@ from pyro_ncl.metrics import active_dims, semantic_consistency, sparsity
 from pyro_ncl.probes import knn_accuracy, linear_probe
 from pyro_ncl.system import ContrastiveSystem
 
+# the metrics ``score`` returns (besides feature_dim), in table order
+RUN_METRICS = ["linear_probe_backbone", "linear_probe_features", "knn_accuracy", "semantic_consistency", "sparsity",
+               "active_dims", "open_gates", "background_leakage"]
 
-@torch.no_grad()
+
+@contextlib.contextmanager
+def eval_mode(system: ContrastiveSystem) -> Iterator[ContrastiveSystem]:
+    """no_grad + eval mode (BatchNorm uses, never updates, its running statistics) for the duration; the previous
+    train/eval mode is restored afterwards."""
+    was_training = system.training
+    system.eval()
+    try:
+        with torch.no_grad():
+            yield system
+    finally:
+        system.train(was_training)
+
+
 def extract(system: ContrastiveSystem, data: DataBundle, split: str, batch_size: int, device,
             limit: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Concatenated ``system.features`` of a split (plus labels ``y``), on the CPU; the first ``limit`` images
     only when given."""
-    was_training = system.training
-    system.eval()
     parts: Dict[str, list] = {}
-    try:
+    with eval_mode(system):
         seen = 0
         for x, y in data.eval_batches(split, batch_size, device):
             if limit is not None and seen >= limit:
@@ -35,15 +50,13 @@ def extract(system: ContrastiveSystem, data: DataBundle, split: str, batch_size:
             out["y"] = y
             for key, value in out.items():
                 parts.setdefault(key, []).append(value.cpu())
-    finally:
-        system.train(was_training)
     return {key: torch.cat(values)[:limit] for key, values in parts.items()}
 
 
-def evaluate(system: ContrastiveSystem, data: DataBundle, *, batch_size: int, device, probe_epochs: int = 30,
-             knn_k: int = 20, seed: int = 0, limit: Optional[int] = None) -> Dict[str, float]:
-    train = extract(system, data, "train", batch_size, device, limit)
-    test = extract(system, data, "test", batch_size, device, limit)
+def score(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tensor], data: DataBundle, *, device,
+          probe_epochs: int = 30, knn_k: int = 20, seed: int = 0) -> Dict[str, float]:
+    """The end-of-run metrics of extracted splits (``extract``'s dicts): linear probes on h and on the features,
+    kNN, consistency, sparsity, active dims, feature_dim, and open_gates (gated) / background_leakage (scenes)."""
     feats_train, feats_test = train["features"], test["features"]
     metrics = {
         "linear_probe_backbone": linear_probe(train["h"], train["y"], test["h"], test["y"], data.num_classes,
@@ -65,3 +78,11 @@ def evaluate(system: ContrastiveSystem, data: DataBundle, *, batch_size: int, de
             feats_train, data.train_background[:n_train], feats_test, data.test_background[:n_test],
             epochs=probe_epochs, seed=seed, device=device)
     return {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}
+
+
+def evaluate(system: ContrastiveSystem, data: DataBundle, *, batch_size: int, device, probe_epochs: int = 30,
+             knn_k: int = 20, seed: int = 0, limit: Optional[int] = None) -> Dict[str, float]:
+    """``score`` of the train and test splits' features (the first ``limit`` images of each when given)."""
+    train = extract(system, data, "train", batch_size, device, limit)
+    test = extract(system, data, "test", batch_size, device, limit)
+    return score(train, test, data, device=device, probe_epochs=probe_epochs, knn_k=knn_k, seed=seed)

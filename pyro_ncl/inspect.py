@@ -13,8 +13,6 @@ running statistics); the system's train/eval mode is restored afterwards. Ungate
 """
 from __future__ import annotations
 
-import contextlib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -23,11 +21,12 @@ import torch
 import torch.nn.functional as nnf
 
 from pyro_ncl.checkpoint import CheckpointError, load_checkpoint
-from pyro_ncl.config import FIELD_NAMES, Config, read_run_config
+from pyro_ncl.config import Config, config_from_run
 from pyro_ncl.data import load_dataset
 from pyro_ncl.data.base import DataBundle
-from pyro_ncl.evaluation import extract
+from pyro_ncl.evaluation import eval_mode, extract
 from pyro_ncl.likelihoods import LIKELIHOODS
+from pyro_ncl.metrics import class_activation_counts
 from pyro_ncl.system import ContrastiveSystem, build_system
 
 __all__ = ["Run", "load_run", "load_images", "extract_split", "gate_probabilities", "sample_gates",
@@ -63,24 +62,12 @@ class Run:
     def gated(self) -> bool:
         return self.system.gated
 
-    @property
-    def feature_dim(self) -> int:
-        return self.config.feature_dim
-
-
-def _read_config(run_dir: Path) -> Config:
-    values = read_run_config(run_dir)
-    unknown = sorted(set(values) - FIELD_NAMES)
-    if unknown:  # written by another version of the code: the network is rebuilt without them
-        warnings.warn(f"{run_dir / 'config.json'}: ignoring unknown settings {', '.join(unknown)}")
-    return Config(**{k: v for k, v in values.items() if k in FIELD_NAMES}).resolved()
-
 
 def load_run(run_dir, device="cpu", data_root: Optional[str] = None) -> Run:
     """Rebuild the run's system from ``config.json``, load ``checkpoint.pt``'s "system" state (``weights_only``),
     put it in eval mode on ``device``. The dataset is loaded lazily (``run.data``)."""
     run_dir, device = Path(run_dir), torch.device(device)
-    config = _read_config(run_dir)
+    config = config_from_run(run_dir, unknown="warn").resolved()  # settings of another code version: left out
     state = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
     if "system" not in state:
         raise CheckpointError(f"{run_dir / 'checkpoint.pt'} holds no 'system' state dict")
@@ -107,18 +94,6 @@ def _in_channels(state: Dict[str, torch.Tensor]) -> Optional[int]:
     return None
 
 
-@contextlib.contextmanager
-def _evaluating(run: Run) -> Iterator[ContrastiveSystem]:
-    """no_grad + eval mode for the duration; the previous train/eval mode is restored."""
-    was_training = run.system.training
-    run.system.eval()
-    try:
-        with torch.no_grad():
-            yield run.system
-    finally:
-        run.system.train(was_training)
-
-
 def _require_gate(run: Run) -> None:
     if not run.gated:
         raise ValueError(f"run {run.path} has no gate (method {run.config.method})")
@@ -137,7 +112,7 @@ def _logits(run: Run, x: torch.Tensor) -> torch.Tensor:
     """x [N, C, H, W] (normalised, as ``load_images`` gives) → gate logits a [N, K] on the CPU."""
     _require_gate(run)
     out = []
-    with _evaluating(run) as system:
+    with eval_mode(run.system) as system:
         for xb in _batches(x, run.config.eval_batch_size):
             h, _ = system.encoder(xb.to(run.device))
             out.append(system.guide.logits(h.float()).float().cpu())
@@ -189,9 +164,9 @@ def posterior_entropy(run: Run, x: torch.Tensor) -> torch.Tensor:
 def gate_frequency_by_class(gate: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """[C, K] fraction of the samples of class c with gate d open (gate [N, K] in {0, 1}, y [N]); NaN rows for
     classes without samples."""
-    counts = torch.bincount(y.long(), minlength=num_classes).to(torch.float64)
-    sums = torch.zeros(num_classes, gate.shape[1], dtype=torch.float64).index_add_(0, y.long(), (gate > 0.5).double())
-    return (sums / counts.unsqueeze(1)).float()
+    sizes = torch.bincount(y.long(), minlength=num_classes).to(torch.float64)
+    open_counts = class_activation_counts(gate.double(), y, num_classes, eps=0.5).cpu()
+    return (open_counts / sizes.unsqueeze(1)).float()
 
 
 def class_gate_frequency(run: Run, split: str = "test") -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Assemble a method from its parts: encoder, prior, guide, likelihood (all chosen by registry name)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -9,7 +9,7 @@ import torch.nn as nn
 from guides import GUIDES
 from models import PRIORS, ContrastiveModel
 from pyro_ncl.batch import EncodedBatch
-from pyro_ncl.config import Config
+from pyro_ncl.config import Config, check_amp
 from pyro_ncl.encoders import Encoder, build_encoder
 from pyro_ncl.likelihoods import LIKELIHOODS
 from pyro_ncl.ops import safe_normalize
@@ -58,10 +58,14 @@ class ContrastiveSystem(nn.Module):
             h, z = h.float(), z.float()
         return EncodedBatch(h=h, z=z, index=index, num_images=num_images, labels=labels)
 
+    def step_values(self) -> Dict[str, Any]:
+        """The last step's diagnostics as computed (detached tensors, on the training device: reading them does
+        not wait for the device)."""
+        return {**self.model.last_stats, **getattr(self.guide, "last_stats", {})}
+
     def step_stats(self) -> Dict[str, float]:
         """The last step's diagnostics (contrastive loss, gate KL per view, open-gate fraction) as floats."""
-        stats = {**self.model.last_stats, **getattr(self.guide, "last_stats", {})}
-        return {k: float(v) for k, v in stats.items()}
+        return {k: float(v) for k, v in self.step_values().items()}
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -92,8 +96,7 @@ def accelerate(system: ContrastiveSystem, amp: str = "none", channels_last: bool
     cast back to fp32), ``channels_last`` converts its weights and inputs, ``compile`` wraps its forward with
     ``torch.compile`` (``nn.Module.compile``: parameter names and checkpoints unchanged). On the CPU all three
     work (bf16 autocast is supported by torch but rarely faster; compile needs a C++ compiler)."""
-    if amp not in ("none", "bf16"):
-        raise ValueError(f"--amp must be none or bf16, got {amp!r}")
+    check_amp(amp)
     system.amp_dtype = torch.bfloat16 if amp == "bf16" else None
     system.channels_last = channels_last
     if channels_last:

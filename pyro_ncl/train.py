@@ -6,7 +6,6 @@ import csv
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -20,7 +19,7 @@ from tqdm import tqdm
 
 from pyro_ncl import distributed
 from pyro_ncl.batch import EncodedBatch
-from pyro_ncl.checkpoint import _rng_state, _set_rng_state, restore_training_state, save_checkpoint, training_state
+from pyro_ncl.checkpoint import gather_rng_states, restore_training_state, save_checkpoint, training_state
 from pyro_ncl.config import Config
 from pyro_ncl.data.base import DataBundle, local_train_batches
 from pyro_ncl.system import ContrastiveSystem
@@ -72,6 +71,7 @@ class SVITrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup))
         self.step_count = 0
         self.world_size = distributed.world_size()
+        self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self._reduced_stats: Optional[Dict[str, float]] = None
 
     def objective(self, batch: EncodedBatch):
@@ -89,8 +89,7 @@ class SVITrainer:
         model, guide = self.objective(batch)
         loss = self.elbo.loss_and_grads(model, guide, batch)
         if self.world_size > 1:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            loss, self._reduced_stats = distributed.average_gradients(params, loss, self.system.step_stats())
+            loss, self._reduced_stats = distributed.average_gradients(self._params, loss, self.system.step_values())
         return loss
 
     def step_stats(self) -> Dict[str, float]:
@@ -108,8 +107,7 @@ class SVITrainer:
         return loss
 
 
-def _nonfinite_terms(system: ContrastiveSystem, stats: Optional[Dict[str, float]] = None) -> str:
-    stats = system.step_stats() if stats is None else stats
+def _nonfinite_terms(stats: Dict[str, float]) -> str:
     bad = [name for name, value in stats.items() if not math.isfinite(value)]
     return ", ".join(bad) or "the total (every logged term is finite)"
 
@@ -135,8 +133,7 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
     rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     epoch, step_in_epoch, elapsed = 0, 0, 0.0
     if resume is not None:
-        epoch, step_in_epoch, elapsed = restore_training_state(resume, system, trainer)
-        _restore_rank_rng(resume, config)
+        epoch, step_in_epoch, elapsed = restore_training_state(resume, system, trainer, config.seed)
         if main:
             _truncate_log(out_dir / "log.csv", trainer.step_count)
     elif main:
@@ -145,13 +142,10 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
     start = time.perf_counter() - elapsed
 
     def checkpoint(epoch_: int, step_: int) -> None:
-        # every process takes part (its RNG state is gathered); rank 0 writes
-        rng_ranks = distributed.all_gather_objects(_rng_state()) if world_size > 1 else None
+        rng_ranks = gather_rng_states()  # every process takes part; rank 0 writes
         if main:
-            state = training_state(system, trainer, config, epoch_, step_, time.perf_counter() - start)
-            if rng_ranks is not None:
-                state.update(rng_ranks=rng_ranks, world_size=world_size)
-            save_checkpoint(state, out_dir / "checkpoint.pt")
+            save_checkpoint(training_state(system, trainer, config, epoch_, step_, time.perf_counter() - start,
+                                           rng_ranks), out_dir / "checkpoint.pt")
 
     with (open(out_dir / "log.csv", "a", newline="") if main else open(os.devnull, "w")) as log_file:
         log = csv.DictWriter(log_file, LOG_FIELDS)
@@ -166,7 +160,7 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
                 try:
                     loss = trainer.step(x1, x2, y, index, data.num_train)
                 except NonFiniteLoss as err:
-                    raise NonFiniteLoss(f"{err} (non-finite: {_nonfinite_terms(system, trainer.step_stats())}); "
+                    raise NonFiniteLoss(f"{err} (non-finite: {_nonfinite_terms(trainer.step_stats())}); "
                                         f"the last good checkpoint "
                                         f"is {out_dir / 'checkpoint.pt'}") from None
                 step_in_epoch += 1
@@ -179,25 +173,9 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
                     log_file.flush()
                     bar.set_postfix(loss=f"{loss:.4f}")
                     tick = now
-                if config.checkpoint_every and trainer.step_count % config.checkpoint_every == 0:
+                if (config.checkpoint_every and trainer.step_count % config.checkpoint_every == 0
+                        and step_in_epoch < steps_per_epoch):  # the epoch's last step: saved just below
                     checkpoint(epoch, step_in_epoch)
             epoch, step_in_epoch = epoch + 1, 0
             checkpoint(epoch, 0)
     return dict(train_seconds=time.perf_counter() - start, steps=trainer.step_count)
-
-
-def _restore_rank_rng(state: dict, config: Config) -> None:
-    """Over G processes each continues its own random stream: ``rng_ranks[rank]`` of a checkpoint written by as
-    many processes (``restore_training_state`` has set rank 0's, the single-process ``rng``). A checkpoint of
-    another number of processes gives the same batches but a fresh per-rank stream (gate noise differs)."""
-    world_size = distributed.world_size()
-    saved = state.get("rng_ranks")
-    written_by = len(saved) if saved is not None else 1
-    if saved is not None and written_by == world_size:
-        _set_rng_state(saved[distributed.rank()])
-    elif written_by != world_size:
-        if world_size > 1:
-            distributed.seed_rank(config.seed * 7_919 + state["step"])
-        if distributed.is_main():
-            print(f"warning: checkpoint written by {written_by} process(es), resumed by {world_size}: same "
-                  f"batches, other gate noise", file=sys.stderr)

@@ -37,6 +37,8 @@ from pyro_ncl.likelihoods import LIKELIHOODS, BCL, NTXent, TriCL
 from pyro_ncl.system import build_system
 from pyro_ncl.train import SVITrainer, seed_everything, train
 
+from conftest import TINY_RUN_FLAGS  # tests/ is on sys.path (pytest's default prepend import mode)
+
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 OUTPUTS = {"config.json", "log.csv", "checkpoint.pt", "metrics.json", "loss.png"}
@@ -187,11 +189,9 @@ def _resume_run(out, config, data, state=None):
 
 def _worker(rank, port, tmp):
     tmp = Path(tmp)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
     pyro.enable_validation(False)
-    distributed.setup(torch.device("cpu"))
+    distributed.setup_local(rank, WORLD, port)
     try:
         saved = torch.load(tmp / "inputs.pt", weights_only=True)
         guides.amortized.StraightThroughBernoulli = _FixedNoise
@@ -274,8 +274,7 @@ def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "experiments" / "run_svi.py"),
-               "--subset", "256", "--epochs", "1", "--batch-size", "64", "--width", "4", "--hidden-dim", "32",
-               "--feature-dim", "16", "--probe-epochs", "2", "--eval-subset", "500", "--out", str(out)]
+               *TINY_RUN_FLAGS, "--eval-subset", "500", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert set(os.listdir(out)) == OUTPUTS

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_ncl.checkpoint import CheckpointError, load_checkpoint
+from pyro_ncl.checkpoint import CheckpointError, load_checkpoint, load_latest, save_atomic, save_checkpoint
 from pyro_ncl.config import Config
 from pyro_ncl.system import build_system
 from pyro_ncl.train import SVITrainer
@@ -27,11 +27,15 @@ TINY = ["--subset", "1024", "--epochs", "2", "--batch-size", "32", "--width", "4
 TIMING = ("train_seconds", "eval_seconds")
 
 
-def load_cli():
+def load_run_svi():
     spec = importlib.util.spec_from_file_location("run_svi", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.cli
+    return module
+
+
+def load_cli():
+    return load_run_svi().cli
 
 
 def log_rows(run_dir):
@@ -67,15 +71,20 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tmp_path):
     assert log_rows(killed) == log_rows(straight)
 
 
+class Payload:
+    """Unpickling it runs ``touch sentinel``."""
+
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
 def test_checkpoint_that_runs_code_is_refused_without_running_it(tmp_path):
     sentinel = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {sentinel}",))
-
     path = tmp_path / "checkpoint.pt"
-    torch.save({"system": Payload()}, path)
+    torch.save({"system": Payload(sentinel)}, path)
     with pytest.raises(CheckpointError, match=str(path)):
         load_checkpoint(path)
     assert not sentinel.exists()
@@ -95,17 +104,31 @@ def test_resume_refuses_malicious_and_falls_back_from_truncated(tmp_path, capsys
     assert "resuming from" in capsys.readouterr().err
     # a malicious checkpoint and no previous one: refused, payload not run
     sentinel = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {sentinel}",))
-
-    torch.save({"system": Payload()}, run / "checkpoint.pt")
+    torch.save({"system": Payload(sentinel)}, run / "checkpoint.pt")
     (run / "checkpoint.prev.pt").unlink()
     assert cli(["--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refusing checkpoint" in err[0] and not sentinel.exists()
     assert (run / "checkpoint.pt").exists()
+
+
+def test_overwrite_removes_the_old_runs_results(tmp_path):
+    """Without the removal the new run's first save would move the old run's checkpoint.pt to checkpoint.prev.pt,
+    where resuming after a bad latest checkpoint would pick it up."""
+    run_svi = load_run_svi()
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in run_svi.RESULT_FILES:
+        save_atomic({"run": "old"}, out / name)
+    with pytest.raises(ValueError, match="--overwrite"):
+        run_svi.prepare_out_dir(Config(out=str(out)))
+    assert all((out / name).exists() for name in run_svi.RESULT_FILES)
+    run_svi.prepare_out_dir(Config(out=str(out), overwrite=True))
+    assert not any((out / name).exists() for name in run_svi.RESULT_FILES)
+    save_checkpoint({"run": "new"}, out / "checkpoint.pt")  # the new run's first checkpoint, then a corrupt one
+    (out / "checkpoint.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError):  # not the old run's checkpoint.pt as a fallback
+        load_latest(out)
 
 
 def test_all_closed_gates_give_a_finite_step():
@@ -159,7 +182,7 @@ def test_bad_input_is_one_line_with_status_2(argv, expected, tmp_path, capsys):
     assert not (tmp_path / "out" / "config.json").exists()
 
 
-def test_empty_data_root_and_unparsable_preset_and_foreign_checkpoint(tmp_path, capsys):
+def test_empty_data_root_and_unparsable_preset_are_one_line_errors(tmp_path, capsys):
     cli = load_cli()
     (tmp_path / "empty").mkdir()
     assert cli(["--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "o1")]) == 2

@@ -94,7 +94,8 @@ def main(args) -> dict:
     writes config.json, log.csv, checkpoints, metrics.json and loss.png, and evaluates while the others wait."""
     config = (resume_config(args) if args.resume else config_from_args(args)).resolved().validate()
     device = distributed.setup(resolve_device(config.device))
-    distributed.check_supported(config, LIKELIHOODS[config.likelihood], GUIDES[config.guide])
+    distributed.check_supported(config, LIKELIHOODS[config.likelihood], GUIDES[config.guide],
+                                prior_cls=PRIORS[config.prior])
     main_process = distributed.is_main()
     data = load_dataset(config.dataset, config.data_root, subset=config.subset, num_workers=config.num_workers,
                         **dataset_options(config))

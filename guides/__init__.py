@@ -4,3 +4,5 @@ from guides.amortized import AmortizedGate, NoGate, RelaxedSoftGate  # noqa: F40
 from guides.exact import ExactBernoulliGate  # noqa: F401
 from guides.deterministic import ThresholdGate  # noqa: F401
 from guides.global_gate import GlobalGate  # noqa: F401
+from guides.image_gate import ImageGate  # noqa: F401
+from guides.value_gate import ValueAwareGate  # noqa: F401

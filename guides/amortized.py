@@ -48,7 +48,6 @@ class NoGate(nn.Module):
 
     value_kind = None
     reparameterized = True
-    per_view_gate = True
     analytic_kl = True
 
     @classmethod

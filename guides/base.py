@@ -3,11 +3,14 @@
 A guide is a ``GateGuide`` subclass registered by name, with class attributes
     ``value_kind``       "hard" ({0,1} masks) or "soft" (relaxed masks); must match the prior's;
     ``reparameterized``  whether the gate sample is differentiable (else score-function gradients);
-    ``per_view_gate``    a gate per view (amortized, in the views plate) or one global gate (then no head);
+    ``scope``            what one gate covers (``pyro_ncl.scopes``): a view (default), an image (both views share
+                         it) or the dataset (one global gate, then no head);
     ``always_closed_form_kl``  the gate term is the closed-form KL whatever the prior (a penalty);
 and ``build(encoder, prior, config)`` (a guide's own ``__init__`` keywords come from ``options(config)``),
-``posterior(logits)`` (the gate distribution, batch shape [..., K]), ``logits(h)`` ([N, F] → [N, K]), ``probs(h)``
-and ``mode(h)`` (the test-time hard gate 1[logit > 0]).
+``posterior(logits)`` (the gate distribution, batch shape [..., K]), ``logits(h)`` ([N, F] → [N, K], the head),
+``view_logits(h, z)`` (the logits of each view's gate given the backbone features h [N, F] and the normalised projector
+output z [N, K]; the head's alone unless a guide also reads z), ``probs(h, z)`` (the open probability, the test-time
+gate ``--test-gate mean``) and ``mode(h, z)`` (the hard gate 1[logit > 0], ``--test-gate mode``).
 
 The gate term of the ELBO: when the guide is reparameterised and the prior has a closed-form KL, the Monte-Carlo
 gate sites are masked and the exact KL enters as a ``pyro.factor`` in the guide (Rao-Blackwellised: exact value
@@ -16,7 +19,6 @@ the same kind of value (see ``value_kind``).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import pyro
@@ -24,10 +26,11 @@ import pyro.poutine as poutine
 import torch
 import torch.nn as nn
 
-from pyro_ncl.batch import EncodedBatch, views_plate
-from pyro_ncl.distributions import bernoulli_kl
+from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.encoders import mlp
+from pyro_ncl.ops import safe_normalize
 from pyro_ncl.registry import Registry
+from pyro_ncl.scopes import GLOBAL, VIEW
 
 GUIDES: Registry = Registry("guide")
 
@@ -35,7 +38,7 @@ GUIDES: Registry = Registry("guide")
 class GateGuide(nn.Module):
     value_kind = "hard"
     reparameterized = True
-    per_view_gate = True
+    scope = VIEW
     always_closed_form_kl = False
 
     def __init__(self, backbone_dim: int, hidden_dim: int, feature_dim: int, prior: nn.Module,
@@ -43,7 +46,7 @@ class GateGuide(nn.Module):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"--gate-temperature must be > 0, got {temperature}")
-        self.head = mlp(backbone_dim, hidden_dim, feature_dim) if self.per_view_gate else None
+        self.head = mlp(backbone_dim, hidden_dim, feature_dim) if self.scope is not GLOBAL else None
         self.prior = prior
         self.temperature = temperature
         self.kl_weight = kl_weight
@@ -69,19 +72,23 @@ class GateGuide(nn.Module):
         with torch.autocast(device_type=h.device.type, enabled=False):
             return self.head(h.to(self.head[0].weight.dtype))
 
-    def probs(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(h))
+    def view_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [N, F], normalised z [N, K] → the gate's logits [N, K] (here the head's; value-aware guides add z)."""
+        return self.logits(h)
 
-    def mode(self, h: torch.Tensor) -> torch.Tensor:
-        return (self.logits(h) > 0).to(h.dtype)
+    def probs(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return torch.sigmoid(self.view_logits(h, z))
+
+    def mode(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return (self.view_logits(h, z) > 0).to(h.dtype)
 
     # ---- the variational family and its KL
     def posterior(self, logits: torch.Tensor):
         raise NotImplementedError
 
     def closed_form_kl(self, logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Tensor:
-        """[..., K] logits → [...] Σ_d KL(q ‖ p)."""
-        return bernoulli_kl(logits, prior_probs).sum(-1)
+        """[G, K] logits of the batch's gates → [G] gate terms: Σ_d KL(q ‖ p), or the prior's own term."""
+        return self.prior.gate_kl(logits, prior_probs)
 
     def site_infer(self, batch: EncodedBatch) -> Optional[dict]:
         """Extra ``infer`` options of the gate site (score-function baselines)."""
@@ -89,17 +96,18 @@ class GateGuide(nn.Module):
 
     def guide(self, batch: EncodedBatch):
         pyro.module("guide", self)
-        self._sample_gate(batch, self.logits(batch.h))
+        logits = self.view_logits(batch.h, safe_normalize(batch.z))  # [2B, K]
+        self._sample_gate(batch, self.scope.pool(logits, batch))
 
     def _sample_gate(self, batch: EncodedBatch, logits: torch.Tensor):
-        """Site "gate" from logits [2B, K] in the views plate (per-view gate) or [K] (global gate), and its KL."""
+        """Site "gate" from the logits of the scope's gates ([2B, K] per view, [B, K] per image, [K] global) in
+        the scope's plate, and its KL."""
         device, num_dims = batch.z.device, logits.shape[-1]
         q = self.posterior(logits)
-        plate = views_plate(batch) if self.per_view_gate else contextlib.nullcontext()
         with poutine.scale(scale=self.kl_weight):
             context = self.prior.guide_globals(device)
             prior = self.prior.gate_dist(context, num_dims, device)
-            with plate:
+            with self.scope.plate(batch):
                 gate = pyro.sample("gate", q.to_event(1).mask(not self.analytic_kl), infer=self.site_infer(batch))
                 if self.analytic_kl:
                     kl = self.closed_form_kl(logits, prior.probs)

@@ -13,11 +13,12 @@ import torch.nn as nn
 from guides.amortized import AmortizedGate
 from guides.base import GUIDES
 from pyro_ncl.batch import EncodedBatch
+from pyro_ncl.scopes import GLOBAL
 
 
 @GUIDES.register("global")
 class GlobalGate(AmortizedGate):
-    per_view_gate = False
+    scope = GLOBAL
 
     def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, **kwargs):
         super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)

@@ -1,8 +1,9 @@
 """The gated contrastive model.
 
-    for each of the 2N views v (data plate, subsampled to the batch's 2B views):
-        m_v ~ prior                                   (per-dimension gate, site "gate", KL weight β)
-    factor("contrastive", −2N · mean_v loss(normalize(normalize(z_v) ⊙ m_v)))
+    for each gate g of the guide's scope (by default one per view: a plate over the 2N views, subsampled to the
+    batch's 2B views; or one per image, or one for the dataset — ``pyro_ncl.scopes``):
+        m_g ~ prior                                   (per-dimension gate, site "gate", KL weight β)
+    factor("contrastive", −2N · mean_v loss(normalize(normalize(z_v) ⊙ m_{g(v)})))
 
 The contrastive factor couples the views of a batch (every view is every other view's negative), so it sits
 *outside* the plate and is scaled by hand from the batch mean to the 2N views of the dataset; inside the plate
@@ -19,19 +20,20 @@ import pyro.poutine as poutine
 import torch.nn as nn
 
 from pyro_ncl import distributed
-from pyro_ncl.batch import EncodedBatch, views_plate
+from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.ops import safe_normalize
+from pyro_ncl.scopes import VIEW
 
 
 class ContrastiveModel(nn.Module):
     def __init__(self, likelihood: nn.Module, prior: nn.Module | None = None, kl_weight: float = 1.0,
-                 analytic_kl: bool = True, per_view_gate: bool = True):
+                 analytic_kl: bool = True, scope=VIEW):
         super().__init__()
         self.likelihood = likelihood
         self.prior = prior
         self.kl_weight = kl_weight
         self.analytic_kl = analytic_kl
-        self.per_view_gate = per_view_gate
+        self.scope = scope
         self.last_stats = {}
 
     def model(self, batch: EncodedBatch):
@@ -53,11 +55,11 @@ class ContrastiveModel(nn.Module):
         return self.likelihood.per_view(distributed.gather_views(z), rows=rows).mean()
 
     def _gate(self, batch: EncodedBatch):
+        """The gate site in the scope's plate → one mask row per view [2B, K]."""
         device, num_dims = batch.z.device, batch.z.shape[-1]
         with poutine.scale(scale=self.kl_weight):
             context = self.prior.sample_globals(device)
             prior = self.prior.gate_dist(context, num_dims, device).to_event(1).mask(not self.analytic_kl)
-            if not self.per_view_gate:
-                return pyro.sample("gate", prior)
-            with views_plate(batch):
-                return pyro.sample("gate", prior)
+            with self.scope.plate(batch):
+                gate = pyro.sample("gate", prior)
+        return self.scope.to_views(gate, batch)

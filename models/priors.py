@@ -7,8 +7,10 @@ A prior is a ``GatePrior`` subclass registered by name, with
     ``build(feature_dim, config)``;
     ``sample_globals(device)`` model side: samples any global latents (outside the data plate) → a context;
     ``guide_globals(device)``  guide side: samples the same globals from their variational factors → a context;
-    ``gate_dist(context, K, device)`` the conditional prior of one view's gate, batch shape [K].
-A new prior is one class here with ``@PRIORS.register(name)``.
+    ``gate_dist(context, K, device)`` the conditional prior of one view's gate, batch shape [K];
+    ``gate_kl(q_logits, prior_probs)`` the closed-form gate term of a batch's Bernoulli gates, [G, K] → [G]: by
+                              default Σ_d KL(Bern(σ(a_gd)) ‖ Bern(p_d)), the exact ELBO term.
+A new prior is one class here (or a module of its own in ``models/``) with ``@PRIORS.register(name)``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pyro_ncl.distributions import bernoulli_kl
 from pyro_ncl.registry import Registry
 
 PRIORS: Registry = Registry("prior")
@@ -45,6 +48,10 @@ class GatePrior(nn.Module):
 
     def gate_dist(self, context, num_dims: int, device) -> dist.Distribution:
         raise NotImplementedError
+
+    def gate_kl(self, q_logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Tensor:
+        """[G, K] guide logits, prior probabilities [K] (or [G, K]) → [G] Σ_d KL(q_gd ‖ p_d)."""
+        return bernoulli_kl(q_logits, prior_probs).sum(-1)
 
 
 @PRIORS.register("none")

@@ -73,6 +73,10 @@ class Config:
     baseline: str = _opt("bernoulli (score-function) guide: variance-reduction baseline: none | decaying | neural",
                          default="decaying")
     gate_grad_to_backbone: bool = _opt("let gate-head gradients reach the backbone (authors: off)", default=False)
+    kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "
+                                   "(0: the full weight from the first step)", default=0.0)
+    test_gate: str = _opt("gated methods' evaluated features: mode (the hard gate 1[logit > 0]) | mean (the "
+                          "posterior open probability as a weight)", default="mode")
     # likelihood-specific settings
     bcl_alpha: float = _opt("BCL: location α ∈ [0.5, 1] (debiases false negatives)", default=0.9)
     bcl_beta: float = _opt("BCL: concentration β ∈ [0.5, 1] (hardness; 0.5 = unbiased weights)", default=0.5)
@@ -127,6 +131,7 @@ class Config:
                   (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
                   (self.gate_temperature > 0, f"--gate-temperature must be > 0, got {self.gate_temperature}"),
                   (self.kl_weight >= 0, f"--kl-weight must be >= 0, got {self.kl_weight}"),
+                  (self.kl_warmup_epochs >= 0, f"--kl-warmup-epochs must be >= 0, got {self.kl_warmup_epochs}"),
                   (self.lr > 0 and self.gate_lr > 0, f"learning rates must be > 0, got {self.lr}, {self.gate_lr}"),
                   (self.subset is None or self.subset >= 2, f"--subset must be at least 2 images, got {self.subset}"),
                   (self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}"),

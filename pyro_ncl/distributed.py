@@ -288,11 +288,15 @@ def report_error(message: str, grace_seconds: float = 5.0) -> None:
 
 
 # ---------------------------------------------------------------- what G > 1 supports
-def check_supported(config, likelihood_cls=None, guide_cls=None, size: Optional[int] = None) -> None:
+def check_supported(config, likelihood_cls=None, guide_cls=None, size: Optional[int] = None,
+                    prior_cls=None) -> None:
     """One-line ValueError for a run that data parallelism cannot make equal to one process."""
     size = env_world_size() if size is None else size
     if size <= 1:
         return
+    if getattr(prior_cls, "batch_coupled", False):
+        raise ValueError(f"--prior {config.prior} couples the gates of the whole batch, of which each of the "
+                         f"{size} processes sees only its shard; run it in one process")
     shard_size(config.batch_size, size)  # B % G != 0 is refused
     if likelihood_cls is not None and not hasattr(likelihood_cls, "per_view"):
         raise ValueError(f"--likelihood {config.likelihood} has no per-view form (per_view), which {size} "
@@ -301,7 +305,7 @@ def check_supported(config, likelihood_cls=None, guide_cls=None, size: Optional[
         if not getattr(guide_cls, "reparameterized", True):
             raise ValueError(f"--guide {config.guide} uses score-function gradients, whose cost would be this "
                              f"process's share of the contrastive loss only; run it in one process")
-        if not getattr(guide_cls, "per_view_gate", True):
+        if getattr(getattr(guide_cls, "scope", None), "name", "view") == "global":
             raise ValueError(f"--guide {config.guide} samples one global gate, which {size} processes would sample "
                              f"independently; run it in one process")
 

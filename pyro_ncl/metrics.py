@@ -168,6 +168,28 @@ def class_activation_sums(F: torch.Tensor, y: torch.Tensor, num_classes: Optiona
     return _class_stats(F, y, num_classes, eps, chunk)[1]
 
 
+def class_frequency(F: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = None, eps: float = EPS,
+                    chunk: int = CHUNK) -> torch.Tensor:
+    """[C, K] fraction of the samples of class c with |F[:, k]| > eps (a {0, 1} gate with eps = 0.5: its open
+    frequency per class). F: [N, K], y: [N]; classes without samples give NaN rows."""
+    counts, _, sizes, _ = _class_stats(F, y, num_classes, eps, chunk)
+    return counts / torch.where(sizes > 0, sizes, torch.full_like(sizes, math.nan)).unsqueeze(1)
+
+
+def class_selective_share(F: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = None, span: float = 0.5,
+                          eps: float = EPS, chunk: int = CHUNK) -> float:
+    """Share of the K dimensions whose active (or open) frequency differs by more than ``span`` between the class
+    where it is highest and the class where it is lowest: dimensions that some classes use and others don't.
+    Dimensions never active count as not selective. F: [N, K], y: [N]."""
+    freq = class_frequency(F, y, num_classes, eps, chunk)
+    present = ~torch.isnan(freq[:, 0]) if freq.shape[1] else torch.ones(freq.shape[0], dtype=torch.bool)
+    freq = freq[present]
+    if freq.shape[0] == 0:
+        return math.nan
+    spread = freq.max(0).values - freq.min(0).values
+    return float((spread > span).double().mean())
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # semantic consistency and entropies
 

@@ -13,6 +13,12 @@ from pyro_ncl.config import Config, check_amp
 from pyro_ncl.encoders import Encoder, build_encoder
 from pyro_ncl.likelihoods import LIKELIHOODS
 from pyro_ncl.ops import safe_normalize
+from pyro_ncl.scopes import VIEW
+
+
+# --test-gate: how a gated method's evaluated features use the posterior q(m | x)
+TEST_GATES = {"mode": "the hard gate 1[logit > 0] (the posterior's mode)",
+              "mean": "the posterior mean q(m = 1 | x) as a weight in (0, 1)"}
 
 
 def check_parts(config: Config) -> None:
@@ -24,6 +30,8 @@ def check_parts(config: Config) -> None:
     if likelihood.requires_labels and prior.value_kind is not None:
         raise ValueError(f"--likelihood {config.likelihood} is supervised and gates its features from label "
                          f"embeddings; combine it with --prior none --guide none, not --prior {config.prior}")
+    if config.test_gate not in TEST_GATES:
+        raise ValueError(f"--test-gate must be one of {', '.join(TEST_GATES)}, got {config.test_gate!r}")
     config.validate()
 
 
@@ -37,6 +45,8 @@ class ContrastiveSystem(nn.Module):
 
     amp_dtype: Optional[torch.dtype] = None  # autocast dtype of the encoder (``accelerate``); None: fp32
     channels_last: bool = False
+    test_gate: str = "mode"  # the gate of the evaluated features: one of TEST_GATES
+    kl_weight: float = 1.0  # β of the gate term (``scale_gate_term`` multiplies it during the KL warm-up)
 
     def __init__(self, encoder: Encoder, model: ContrastiveModel, guide: nn.Module):
         super().__init__()
@@ -58,6 +68,13 @@ class ContrastiveSystem(nn.Module):
             h, z = h.float(), z.float()
         return EncodedBatch(h=h, z=z, index=index, num_images=num_images, labels=labels)
 
+    def scale_gate_term(self, factor: float) -> None:
+        """Weigh the gate term by β · ``factor`` (the KL warm-up; β = ``--kl-weight``) in the model and the guide."""
+        weight = self.kl_weight * factor
+        self.model.kl_weight = weight
+        if hasattr(self.guide, "kl_weight"):
+            self.guide.kl_weight = weight
+
     def step_values(self) -> Dict[str, Any]:
         """The last step's diagnostics as computed (detached tensors, on the training device: reading them does
         not wait for the device)."""
@@ -69,14 +86,16 @@ class ContrastiveSystem(nn.Module):
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """x [N, C, H, W] → h [N, F], z [N, K] (normalised), features [N, K] (the method's: the gated normalised
-        z with the test-time hard gate 1[logit > 0] for gated methods, normalised z otherwise), gate [N, K]."""
+        """x [N, C, H, W] → h [N, F], z [N, K] (normalised), features [N, K] (the method's: for gated methods the
+        normalised z gated by the test-time gate ``test_gate`` — the hard mode 1[logit > 0] or the posterior mean
+        q(m = 1 | x) as a weight — normalised again; normalised z otherwise), and for gated methods gate [N, K]
+        (the hard mode) and probs [N, K] (the posterior open probabilities)."""
         h, z = self.encoder(x)
-        z = safe_normalize(z.float())
-        out = {"h": h.float(), "z": z, "features": z}
+        h, z = h.float(), safe_normalize(z.float())
+        out = {"h": h, "z": z, "features": z}
         if self.gated:
-            gate = self.guide.mode(h.float())
-            out.update(gate=gate, features=safe_normalize(z * gate))
+            gates = {"mode": self.guide.mode(h, z), "mean": self.guide.probs(h, z)}
+            out.update(gate=gates["mode"], probs=gates["mean"], features=safe_normalize(z * gates[self.test_gate]))
         return out
 
     def parameter_groups(self, lr: float, gate_lr: float, weight_decay: float) -> List[dict]:
@@ -117,6 +136,7 @@ def build_system(config: Config, in_channels: int, num_classes: int = 10,
     likelihood = LIKELIHOODS[config.likelihood].build(config.feature_dim, config, num_classes)
     model = ContrastiveModel(likelihood, prior, kl_weight=config.kl_weight,
                              analytic_kl=guide.analytic_kl,
-                             per_view_gate=guide.per_view_gate)
+                             scope=getattr(guide, "scope", VIEW))
     system = ContrastiveSystem(encoder, model, guide)
+    system.test_gate, system.kl_weight = config.test_gate, config.kl_weight
     return system.to(device) if device is not None else system

@@ -69,6 +69,7 @@ class SVITrainer:
         total = config.epochs * steps_per_epoch
         warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup))
+        self.kl_warmup_steps = round(config.kl_warmup_epochs * steps_per_epoch)
         self.step_count = 0
         self.world_size = distributed.world_size()
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -96,7 +97,12 @@ class SVITrainer:
         """The last step's diagnostics (averaged over the processes when there are several)."""
         return dict(self._reduced_stats) if self._reduced_stats is not None else self.system.step_stats()
 
+    def kl_factor(self) -> float:
+        """The gate term's warm-up factor at this step: (step + 1) / warm-up steps, then 1 (never 0)."""
+        return min(1.0, (self.step_count + 1) / self.kl_warmup_steps) if self.kl_warmup_steps else 1.0
+
     def step(self, x1, x2, y, index, num_images: int) -> float:
+        self.system.scale_gate_term(self.kl_factor())
         loss = self.loss_and_grads(x1, x2, y, index, num_images)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the objective became {loss} at step {self.step_count}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import math
 import os
@@ -37,7 +38,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import BOOKKEEPING, FIELD_NAMES, build_parser, config_from_args, read_run_config  # noqa: E402
+from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, build_parser, config_from_args,  # noqa: E402
+                             read_run_config)
 from pyro_ncl.frontier import METRICS, goal_check, measure_features, summarise, variants  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -121,10 +123,12 @@ def requested_config(settings: dict, run_args: List[str]) -> dict:
 
 
 def settings_differ(run_dir: Path, wanted: dict) -> List[str]:
-    """``key: saved → wanted`` for each method setting where the run folder's config.json differs."""
+    """``key: saved → wanted`` for each method setting where the run folder's config.json differs (a setting it
+    lacks, written by an older version, counts as that setting's default)."""
     saved = read_run_config(run_dir)
-    return [f"{k}: {saved.get(k)!r} → {v!r}" for k, v in wanted.items()
-            if k not in BOOKKEEPING and saved.get(k) != v]
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    return [f"{k}: {saved.get(k, defaults.get(k))!r} → {v!r}" for k, v in wanted.items()
+            if k not in BOOKKEEPING and saved.get(k, defaults.get(k)) != v]
 
 
 def _env(threads: int) -> dict:

@@ -73,6 +73,9 @@ class Config:
     baseline: str = _opt("bernoulli (score-function) guide: variance-reduction baseline: none | decaying | neural",
                          default="decaying")
     gate_grad_to_backbone: bool = _opt("let gate-head gradients reach the backbone (authors: off)", default=False)
+    topk: int = _opt("topk guide: entries of z each view keeps (at the end of the curriculum and at test time)",
+                     default=4)
+    topk_anneal_epochs: float = _opt("topk guide: epochs over which k falls linearly from K to --topk", default=0.0)
     kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "
                                    "(0: the full weight from the first step)", default=0.0)
     test_gate: str = _opt("gated methods' evaluated features: mode (the hard gate 1[logit > 0]) | mean (the "

@@ -68,6 +68,11 @@ class ContrastiveSystem(nn.Module):
             h, z = h.float(), z.float()
         return EncodedBatch(h=h, z=z, index=index, num_images=num_images, labels=labels)
 
+    def set_progress(self, epochs_done: float) -> None:
+        """Training progress (epochs, fractional) for guides with a schedule (e.g. the top-k curriculum)."""
+        if hasattr(self.guide, "set_progress"):
+            self.guide.set_progress(epochs_done)
+
     def scale_gate_term(self, factor: float) -> None:
         """Weigh the gate term by β · ``factor`` (the KL warm-up; β = ``--kl-weight``) in the model and the guide."""
         weight = self.kl_weight * factor

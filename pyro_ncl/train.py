@@ -70,6 +70,7 @@ class SVITrainer:
         warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup))
         self.kl_warmup_steps = round(config.kl_warmup_epochs * steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
         self.step_count = 0
         self.world_size = distributed.world_size()
         self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -103,6 +104,7 @@ class SVITrainer:
 
     def step(self, x1, x2, y, index, num_images: int) -> float:
         self.system.scale_gate_term(self.kl_factor())
+        self.system.set_progress(self.step_count / self.steps_per_epoch)
         loss = self.loss_and_grads(x1, x2, y, index, num_images)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the objective became {loss} at step {self.step_count}")

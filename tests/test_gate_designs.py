@@ -214,3 +214,31 @@ def test_test_gate_chooses_the_evaluated_features(test_gate):
 def test_unknown_test_gate_is_refused():
     with pytest.raises(ValueError, match="--test-gate must be one of mode, mean"):
         build_system(Config(test_gate="median", width=4, hidden_dim=16, feature_dim=8).resolved(), in_channels=1)
+
+
+def test_topk_gate_keeps_each_views_largest_entries_with_a_curriculum():
+    config = Config(guide="topk", topk=2, topk_anneal_epochs=1, width=4, hidden_dim=16, feature_dim=8).resolved()
+    torch.manual_seed(0)
+    system = build_system(config, in_channels=1)
+    guide = system.guide
+    ks = []
+    for epochs_done in (0.0, 0.25, 0.5, 1.0, 3.0):
+        guide.set_progress(epochs_done)
+        ks.append(guide.current_k)
+    assert ks == [8, 7, 5, 2, 2]  # ⌈8 − 6·t⌉, then the final k
+    guide.set_progress(0.5)
+    z = torch.rand(5, 8)
+    for training, k in ((True, 5), (False, 2)):
+        guide.train(training)
+        mask = guide.mode(torch.zeros(5, 1), z)
+        for row, m in zip(z, mask):
+            assert set(m.nonzero().flatten().tolist()) == set(torch.argsort(row, descending=True)[:k].tolist())
+    # the objective is the NT-Xent of the top-k gated features, with no gate term
+    guide.train()
+    guide.set_progress(5.0)
+    batch = system.encode(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.arange(4), 4)
+    scale = 1.0 / batch.dataset_views
+    loss = TraceGraph_ELBO().loss(poutine.scale(system.model.model, scale), poutine.scale(guide.guide, scale), batch)
+    zn = safe_normalize(batch.z)
+    keep = torch.zeros_like(zn).scatter_(1, torch.topk(zn, 2, dim=1).indices, 1.0)
+    assert loss == pytest.approx(nt_xent(safe_normalize(zn * keep), config.temperature).item(), rel=1e-5)

@@ -1,0 +1,59 @@
+"""``topk``: each view keeps its k largest entries of z — a deterministic gate trained end to end (not a posterior).
+
+m_vd = 1[z_vd is among the k_t largest entries of z_v], with a curriculum k_t that falls linearly from K to
+``--topk`` over the first ``--topk-anneal-epochs`` epochs (then stays at ``--topk``; at test time k = ``--topk``).
+The contrastive loss sees normalize(z ⊙ m): gradients reach the kept entries only. There is no gate term (the
+prior's site is masked and the guide adds nothing): a sparsity constraint, the trained counterpart of keeping each
+image's top-k activations after training (``pyro_ncl.posthoc.top_k``), against which the gates are compared.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pyro.distributions as dist
+import torch
+
+from guides.base import GUIDES, GateGuide
+
+SURE = 30.0  # |logit| of a kept / dropped entry (σ(30) = 1 in float32)
+
+
+@GUIDES.register("topk")
+class TopKGate(GateGuide):
+    always_closed_form_kl = True  # the gate term is closed_form_kl below: zero
+
+    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, k: int = 4, anneal_epochs: float = 0.0,
+                 **kwargs):
+        super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
+        if not 1 <= k <= feature_dim:
+            raise ValueError(f"--topk must lie in [1, --feature-dim {feature_dim}], got {k}")
+        if anneal_epochs < 0:
+            raise ValueError(f"--topk-anneal-epochs must be >= 0, got {anneal_epochs}")
+        self.head = None  # the gate reads z only
+        self.k, self.anneal_epochs, self.feature_dim = k, anneal_epochs, feature_dim
+        self.current_k = k
+
+    @classmethod
+    def options(cls, config) -> dict:
+        return {"k": config.topk, "anneal_epochs": config.topk_anneal_epochs}
+
+    def set_progress(self, epochs_done: float) -> None:
+        """The curriculum: k_t = K − (K − k) · min(1, epochs done / anneal epochs), rounded up."""
+        frac = min(1.0, epochs_done / self.anneal_epochs) if self.anneal_epochs > 0 else 1.0
+        self.current_k = max(self.k, math.ceil(self.feature_dim - (self.feature_dim - self.k) * frac))
+
+    def view_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """normalised z [N, K] → ±SURE [N, K]: + for the current k largest entries of each row (training: k_t;
+        evaluation mode: the final k)."""
+        if z is None:
+            raise ValueError("the top-k gate reads z: call view_logits/probs/mode with h and z")
+        k = self.current_k if self.training else self.k
+        keep = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, torch.topk(z, k, dim=-1).indices, True)
+        return torch.where(keep, torch.full_like(z, SURE), torch.full_like(z, -SURE)).float()
+
+    def posterior(self, logits):
+        return dist.Delta((logits > 0).to(logits.dtype))
+
+    def closed_form_kl(self, logits, prior_probs):
+        return logits.new_zeros(logits.shape[:-1])

@@ -242,3 +242,19 @@ def test_topk_gate_keeps_each_views_largest_entries_with_a_curriculum():
     zn = safe_normalize(batch.z)
     keep = torch.zeros_like(zn).scatter_(1, torch.topk(zn, 2, dim=1).indices, 1.0)
     assert loss == pytest.approx(nt_xent(safe_normalize(zn * keep), config.temperature).item(), rel=1e-5)
+
+
+def test_relative_gate_logits_and_every_view_keeps_its_strongest_entry():
+    from guides import RelativeValueGate
+    torch.manual_seed(0)
+    guide = RelativeValueGate(5, 8, 4, BernoulliPrior(PI))
+    with torch.no_grad():
+        guide.raw_threshold.copy_(torch.logit(torch.tensor([0.2, 0.5, 0.9, 0.99])))
+        guide.raw_scale.copy_(torch.log(torch.expm1(torch.tensor([0.05, 0.1, 0.2, 0.5]))))
+    z = torch.rand(6, 4)
+    r = z / z.max(1, keepdim=True).values
+    expected = (r - torch.tensor([0.2, 0.5, 0.9, 0.99])) / torch.tensor([0.05, 0.1, 0.2, 0.5])
+    assert torch.allclose(guide.view_logits(torch.zeros(6, 5), z), expected, atol=1e-5)
+    mode = guide.mode(torch.zeros(6, 5), z)
+    assert (mode.gather(1, z.argmax(1, keepdim=True)) == 1).all()  # θ < 1: the largest entry is always kept
+    assert torch.equal(guide.mode(torch.zeros(2, 5), torch.zeros(2, 4)), torch.zeros(2, 4))  # empty rows: closed

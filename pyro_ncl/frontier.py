@@ -7,7 +7,8 @@ A *variant* is one way of turning a trained run into evaluation features [N, K]:
                    ``top-k`` (each image's k largest entries), ``rate-cap`` (each dimension active on at most a
                    fraction r of the training images);
     gated runs:    ``mode``  normalize(z ⊙ 1[a > 0]) (the hard test-time gate), ``mean``  normalize(z ⊙ σ(a))
-                   (the posterior open probability as a weight).
+                   (the posterior open probability as a weight; left out when it equals the mode everywhere,
+                   as for deterministic gates).
 Every variant is scored on the very features it defines (``measure_features``): kNN and a linear probe on them,
 semantic consistency, sparsity, active dimensions, active entries per image, the share of class-selective
 dimensions; gated variants add the gate's statistics (open gates per image, per-gate entropy, the share of z's
@@ -77,7 +78,8 @@ def variants(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tensor], post
         return {"features": features, "y": split["y"], **extra}
 
     if "gate" in test:
-        for name, key in (("mode", "gate"), ("mean", "probs")):
+        deterministic = all(torch.equal(s["probs"], s["gate"]) for s in (train, test))  # e.g. top-k: mean = mode
+        for name, key in (("mode", "gate"),) + ((("mean", "probs"),) if not deterministic else ()):
             tr, te = (with_features(s, safe_normalize(s["z"] * s[key]), z=s["z"], gate=s["gate"],
                                     probs=s["probs"]) for s in (train, test))
             yield name, None, tr, te

@@ -1,10 +1,14 @@
-"""``topk``: each view keeps its k largest entries of z — a deterministic gate trained end to end (not a posterior).
+"""``topk``: each view keeps its k largest entries of z — a point-mass posterior, trained end to end.
 
-m_vd = 1[z_vd is among the k_t largest entries of z_v], with a curriculum k_t that falls linearly from K to
-``--topk`` over the first ``--topk-anneal-epochs`` epochs (then stays at ``--topk``; at test time k = ``--topk``).
-The contrastive loss sees normalize(z ⊙ m): gradients reach the kept entries only. There is no gate term (the
-prior's site is masked and the guide adds nothing): a sparsity constraint, the trained counterpart of keeping each
-image's top-k activations after training (``pyro_ncl.posthoc.top_k``), against which the gates are compared.
+q(m_v | x_v) = δ(m_v = t_k(z_v)), t_k(z)_d = 1[z_d is among the k largest entries of z]: an amortised posterior
+that puts all its mass on one gate, chosen by value. With a point mass on a discrete space the ELBO is exact to
+write: its gate term is KL(δ_m ‖ p) = −log p(m), for the Bernoulli(π) prior −k log π − (K − k) log(1 − π) per view
+(``closed_form_kl``) — a constant for fixed k, so it steers nothing and the objective is the NT-Xent of
+normalize(z ⊙ m) (gradients reach the kept entries only). A valid ELBO, with no posterior uncertainty: the trained
+counterpart of keeping each image's top-k activations after training (``pyro_ncl.posthoc.top_k``).
+
+Curriculum: during training k_t falls linearly from K to ``--topk`` over the first ``--topk-anneal-epochs`` epochs
+(then stays at ``--topk``; in evaluation mode k = ``--topk``).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ SURE = 30.0  # |logit| of a kept / dropped entry (σ(30) = 1 in float32)
 
 @GUIDES.register("topk")
 class TopKGate(GateGuide):
-    always_closed_form_kl = True  # the gate term is closed_form_kl below: zero
+    always_closed_form_kl = True  # the gate term is the exact KL of the point mass (closed_form_kl below)
 
     def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, k: int = 4, anneal_epochs: float = 0.0,
                  **kwargs):
@@ -56,4 +60,7 @@ class TopKGate(GateGuide):
         return dist.Delta((logits > 0).to(logits.dtype))
 
     def closed_form_kl(self, logits, prior_probs):
-        return logits.new_zeros(logits.shape[:-1])
+        """[G, K] logits (±SURE) → [G] KL(δ_m ‖ Bernoulli(π)) = −Σ_d [m_d log π_d + (1 − m_d) log(1 − π_d)]."""
+        m = (logits > 0).to(logits.dtype)
+        pi = torch.as_tensor(prior_probs, dtype=logits.dtype, device=logits.device)
+        return -(m * pi.log() + (1 - m) * (-pi).log1p()).sum(-1)

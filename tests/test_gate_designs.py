@@ -233,7 +233,7 @@ def test_topk_gate_keeps_each_views_largest_entries_with_a_curriculum():
         mask = guide.mode(torch.zeros(5, 1), z)
         for row, m in zip(z, mask):
             assert set(m.nonzero().flatten().tolist()) == set(torch.argsort(row, descending=True)[:k].tolist())
-    # the objective is the NT-Xent of the top-k gated features, with no gate term
+    # the objective per view: NT-Xent of the top-k gated features + β KL(δ_m ‖ p) = β (−log p(m)), a constant
     guide.train()
     guide.set_progress(5.0)
     batch = system.encode(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.arange(4), 4)
@@ -241,7 +241,10 @@ def test_topk_gate_keeps_each_views_largest_entries_with_a_curriculum():
     loss = TraceGraph_ELBO().loss(poutine.scale(system.model.model, scale), poutine.scale(guide.guide, scale), batch)
     zn = safe_normalize(batch.z)
     keep = torch.zeros_like(zn).scatter_(1, torch.topk(zn, 2, dim=1).indices, 1.0)
-    assert loss == pytest.approx(nt_xent(safe_normalize(zn * keep), config.temperature).item(), rel=1e-5)
+    pi = config.prior_prob
+    neg_log_prior = -(2 * math.log(pi) + 6 * math.log(1 - pi))  # 2 of 8 gates open
+    expected = nt_xent(safe_normalize(zn * keep), config.temperature).item() + config.kl_weight * neg_log_prior
+    assert loss == pytest.approx(expected, rel=1e-5)
 
 
 def test_relative_gate_logits_and_every_view_keeps_its_strongest_entry():

@@ -52,7 +52,8 @@ class Config:
                                                  "own (0: independent)", default=None)
     # method: a preset of part names, each overridable
     method: str = _opt("method preset: a row of (prior, guide, likelihood, non-negativity)", default="bayesncl")
-    prior: Optional[str] = _opt("gate prior (default: the method's)", default=None)
+    prior: Optional[str] = _opt("gate prior (default: the method's; `rate` is a penalty on each dimension's open "
+                                "rate, not part of an ELBO)", default=None)
     guide: Optional[str] = _opt("gate guide (default: the method's)", default=None)
     likelihood: Optional[str] = _opt("contrastive likelihood (default: the method's)", default=None)
     non_neg: Optional[str] = _opt("non-negativity of z (default: the method's)", default=None)

@@ -2,7 +2,9 @@
 
     for each of the 2N views v (data plate, subsampled to the batch's 2B views):
         m_v ~ prior                                   (per-dimension gate, site "gate", KL weight β)
-    factor("contrastive", −2N · mean_v loss(normalize(normalize(z_v) ⊙ m_v)))
+    factor("contrastive", −2N · mean_v loss(normalize(normalize(z_v) ⊙ mask(m_v))))
+
+(``mask`` is the prior's: the value itself for hard gates, σ(y) for a relaxed gate whose site value is the logit y.)
 
 The contrastive factor couples the views of a batch (every view is every other view's negative), so it sits
 *outside* the plate and is scaled by hand from the batch mean to the 2N views of the dataset; inside the plate
@@ -15,11 +17,11 @@ zero-variance estimate of the gate term of the ELBO.
 from __future__ import annotations
 
 import pyro
-import pyro.poutine as poutine
 import torch.nn as nn
 
 from pyro_ncl import distributed
 from pyro_ncl.batch import EncodedBatch, views_plate
+from pyro_ncl.distributions import weighted
 from pyro_ncl.ops import safe_normalize
 
 
@@ -38,7 +40,7 @@ class ContrastiveModel(nn.Module):
         pyro.module("model", self)
         z = safe_normalize(batch.z)
         if self.prior is not None:
-            z = safe_normalize(z * self._gate(batch))
+            z = safe_normalize(z * self.prior.mask(self._gate(batch)))
         loss = self._contrastive(z, batch)
         self.last_stats = {"contrastive": loss.detach()}
         pyro.factor("contrastive", -batch.dataset_views * loss)
@@ -54,7 +56,7 @@ class ContrastiveModel(nn.Module):
 
     def _gate(self, batch: EncodedBatch):
         device, num_dims = batch.z.device, batch.z.shape[-1]
-        with poutine.scale(scale=self.kl_weight):
+        with weighted(self.kl_weight):  # β = 0: masked, the gate still sampled
             context = self.prior.sample_globals(device)
             prior = self.prior.gate_dist(context, num_dims, device).to_event(1).mask(not self.analytic_kl)
             if not self.per_view_gate:

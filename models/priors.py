@@ -7,10 +7,14 @@ A prior is a ``GatePrior`` subclass registered by name, with
     ``build(feature_dim, config)``;
     ``sample_globals(device)`` model side: samples any global latents (outside the data plate) → a context;
     ``guide_globals(device)``  guide side: samples the same globals from their variational factors → a context;
-    ``gate_dist(context, K, device)`` the conditional prior of one view's gate, batch shape [K].
+    ``gate_dist(context, K, device)`` the conditional prior of one view's gate, batch shape [K];
+    ``mask(value)``           the mask a gate value applies to z (the value itself; σ(y) for a relaxed gate, whose
+                              value is the logit y).
 A new prior is one class here with ``@PRIORS.register(name)``.
 """
 from __future__ import annotations
+
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -18,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pyro_ncl.distributions import LogitConcrete
 from pyro_ncl.registry import Registry
 
 PRIORS: Registry = Registry("prior")
@@ -45,6 +50,10 @@ class GatePrior(nn.Module):
 
     def gate_dist(self, context, num_dims: int, device) -> dist.Distribution:
         raise NotImplementedError
+
+    def mask(self, value: torch.Tensor) -> torch.Tensor:
+        """[..., K] gate value → [..., K] mask applied to z."""
+        return value
 
 
 @PRIORS.register("none")
@@ -111,7 +120,9 @@ class BetaBernoulliPrior(GatePrior):
 
 @PRIORS.register("concrete")
 class ConcretePrior(GatePrior):
-    """m_d ~ RelaxedBernoulli(T_prior, π): a density on (0, 1)^K, for guides whose mask is relaxed (soft)."""
+    """m_d = σ(y_d), y_d = (logit π + L)/T_prior, L ~ Logistic(0, 1): the Concrete (RelaxedBernoulli(T_prior, π))
+    prior on relaxed masks, for guides whose mask is relaxed (soft). The site's value is the logit y, scored by the
+    logistic density of ``LogitConcrete`` (the KL to the guide is that of the masks in (0, 1): σ is monotone)."""
 
     value_kind = "soft"
     closed_form_kl = False
@@ -125,5 +136,8 @@ class ConcretePrior(GatePrior):
         return cls(config.prior_prob, config.gate_temperature)
 
     def gate_dist(self, context, num_dims, device):
-        probs = torch.full((num_dims,), self.prior_prob, device=device)
-        return dist.RelaxedBernoulli(torch.tensor(self.temperature, device=device), probs=probs)
+        logits = torch.full((num_dims,), math.log(self.prior_prob / (1 - self.prior_prob)), device=device)
+        return LogitConcrete(self.temperature, logits)
+
+    def mask(self, value):
+        return LogitConcrete.mask(value)

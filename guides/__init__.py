@@ -4,3 +4,4 @@ from guides.amortized import AmortizedGate, NoGate, RelaxedSoftGate  # noqa: F40
 from guides.exact import ExactBernoulliGate  # noqa: F401
 from guides.deterministic import ThresholdGate  # noqa: F401
 from guides.global_gate import GlobalGate  # noqa: F401
+from guides.disarm import DisarmGate  # noqa: F401

@@ -8,3 +8,4 @@ from guides.image_gate import ImageGate  # noqa: F401
 from guides.value_gate import ValueAwareGate  # noqa: F401
 from guides.topk_gate import TopKGate  # noqa: F401
 from guides.relative_gate import RelativeValueGate  # noqa: F401
+from guides.disarm import DisarmGate  # noqa: F401

@@ -9,19 +9,21 @@ log p − log q instead biases the KL gradient by E[∂σ((a+L)/T)/∂a] / σ'(a
 T = 1), and pairing a Bernoulli prior with Pyro's RelaxedBernoulliStraightThrough (a Concrete density at the soft
 value) is not an ELBO at all.
 
-``relaxed_soft``. The mask is the Concrete sample itself, m ∈ (0, 1)^K; it is scored by its density, so it pairs
-with the relaxed (``concrete``) prior: the ELBO of the relaxed model, estimated by Monte Carlo.
+``relaxed_soft``. The mask is the Concrete sample itself, m = σ(y) ∈ (0, 1)^K with y = (a + L)/T; it pairs with
+the relaxed (``concrete``) prior: the ELBO of the relaxed model, estimated by Monte Carlo. The site's value is the
+logit y, scored by its logistic density under both (``LogitConcrete``): the KL is that of the masks (σ is monotone),
+and float32 stays exact at low T, where σ(y) rounds to 0 or 1. It trains on soft masks; its test-time gate is the
+hard mode 1[a > 0] (P(m_d > ½) = σ(a), its ``probs``), so its evaluated features are hard-gated.
 """
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
-import torch
 import torch.nn as nn
+from pyro.infer import TraceGraph_ELBO
 
 from guides.base import GUIDES, GateGuide
 from pyro_ncl.batch import EncodedBatch
-from pyro_ncl.distributions import StraightThroughBernoulli
+from pyro_ncl.distributions import LogitConcrete, StraightThroughBernoulli
 
 
 @GUIDES.register("relaxed_st")
@@ -34,12 +36,16 @@ class AmortizedGate(GateGuide):
 
 @GUIDES.register("relaxed_soft")
 class RelaxedSoftGate(GateGuide):
-    """Soft Concrete mask m = σ((a + L)/T) ∈ (0, 1)^K, scored by its density."""
+    """Soft Concrete mask m = σ(y) ∈ (0, 1)^K, y = (a + L)/T the site's value, scored in logit space.
+    ``probs(h)`` = σ(a) = P(m_d > ½ | h), so ``mode(h)`` = 1[a > 0] is the mask's median."""
 
     value_kind = "soft"
 
     def posterior(self, logits):
-        return dist.RelaxedBernoulli(torch.tensor(self.temperature, device=logits.device), logits=logits)
+        return LogitConcrete(self.temperature, logits)
+
+    def mask(self, value):
+        return LogitConcrete.mask(value)
 
 
 @GUIDES.register("none")
@@ -53,6 +59,9 @@ class NoGate(nn.Module):
     @classmethod
     def build(cls, encoder, prior, config):
         return cls()
+
+    def make_elbo(self):
+        return TraceGraph_ELBO()
 
     def guide(self, batch: EncodedBatch):
         pyro.module("guide", self)

@@ -2,15 +2,21 @@
 
 A guide is a ``GateGuide`` subclass registered by name, with class attributes
     ``value_kind``       "hard" ({0,1} masks) or "soft" (relaxed masks); must match the prior's;
-    ``reparameterized``  whether the gate sample is differentiable (else score-function gradients);
+    ``reparameterized``  whether the gate sample is differentiable (else the ELBO's estimator for discrete
+                         sites: score function, or DisARM);
     ``scope``            what one gate covers (``pyro_ncl.scopes``): a view (default), an image (both views share
                          it) or the dataset (one global gate, then no head);
     ``always_closed_form_kl``  the gate term is the closed-form KL whatever the prior (a penalty);
+    ``single_process_reason``  None, or why data parallelism cannot run this guide (a one-line refusal);
 and ``build(encoder, prior, config)`` (a guide's own ``__init__`` keywords come from ``options(config)``),
-``posterior(logits)`` (the gate distribution, batch shape [..., K]), ``logits(h)`` ([N, F] → [N, K], the head),
-``view_logits(h, z)`` (the logits of each view's gate given the backbone features h [N, F] and the normalised projector
-output z [N, K]; the head's alone unless a guide also reads z), ``probs(h, z)`` (the open probability, the test-time
-gate ``--test-gate mean``) and ``mode(h, z)`` (the hard gate 1[logit > 0], ``--test-gate mode``).
+``posterior(logits)`` (the gate distribution, batch shape [..., K]), ``mask(value)`` (the mask a gate value applies
+to z), ``logits(h)`` ([N, F] → [N, K] head logits a), ``view_logits(h, z)`` (the posterior's logits of each view's
+gate given the backbone features h [N, F] and the normalised projector output z [N, K]: the head's alone unless the
+guide also reads z), and the guide's own answers about its posterior, which inspection and evaluation use:
+``open_logits(h, z)`` (the logit of its open probability; the view logits unless the guide says otherwise),
+``probs(h, z)`` (σ of it: the test-time gate ``--test-gate mean``), ``mode(h, z)`` (the hard gate
+1[open_logits > 0]: ``--test-gate mode``) and ``sample_masks(h, S, z)`` (S draws of the mask). ``make_elbo()`` names
+the ELBO that trains it (``TraceGraph_ELBO`` unless the guide needs its own estimator).
 
 The gate term of the ELBO: when the guide is reparameterised and the prior has a closed-form KL, the Monte-Carlo
 gate sites are masked and the exact KL enters as a ``pyro.factor`` in the guide (Rao-Blackwellised: exact value
@@ -22,11 +28,12 @@ from __future__ import annotations
 from typing import Optional
 
 import pyro
-import pyro.poutine as poutine
 import torch
 import torch.nn as nn
+from pyro.infer import TraceGraph_ELBO
 
 from pyro_ncl.batch import EncodedBatch
+from pyro_ncl.distributions import weighted
 from pyro_ncl.encoders import mlp
 from pyro_ncl.ops import safe_normalize
 from pyro_ncl.registry import Registry
@@ -40,6 +47,7 @@ class GateGuide(nn.Module):
     reparameterized = True
     scope = VIEW
     always_closed_form_kl = False
+    single_process_reason: Optional[str] = None
 
     def __init__(self, backbone_dim: int, hidden_dim: int, feature_dim: int, prior: nn.Module,
                  temperature: float = 1.0, kl_weight: float = 1.0, detach_features: bool = True):
@@ -51,8 +59,13 @@ class GateGuide(nn.Module):
         self.temperature = temperature
         self.kl_weight = kl_weight
         self.detach_features = detach_features
-        self.analytic_kl = self.always_closed_form_kl or (self.reparameterized and prior.closed_form_kl)
+        self.analytic_kl = self.closed_form_kl_with(prior)
         self.last_stats = {}
+
+    @classmethod
+    def closed_form_kl_with(cls, prior) -> bool:
+        """Whether the gate term is the closed-form KL with this prior (else Pyro scores the sampled gate)."""
+        return cls.always_closed_form_kl or (cls.reparameterized and prior.closed_form_kl)
 
     @classmethod
     def options(cls, config) -> dict:
@@ -73,18 +86,39 @@ class GateGuide(nn.Module):
             return self.head(h.to(self.head[0].weight.dtype))
 
     def view_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """h [N, F], normalised z [N, K] → the gate's logits [N, K] (here the head's; value-aware guides add z)."""
+        """h [N, F], normalised z [N, K] → the posterior's logits of each view's gate [N, K] (here the head's;
+        value-aware guides read z too)."""
         return self.logits(h)
 
+    def open_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [N, F], z [N, K] → [N, K] logit of this guide's open probability q(m_d = 1 | x) (the view logits by
+        default)."""
+        return self.view_logits(h, z)
+
     def probs(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return torch.sigmoid(self.view_logits(h, z))
+        """h [N, F], z [N, K] → [N, K] this guide's open probability q(m_d = 1 | x)."""
+        return torch.sigmoid(self.open_logits(h, z))
 
     def mode(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return (self.view_logits(h, z) > 0).to(h.dtype)
+        """h [N, F], z [N, K] → [N, K] the test-time hard gate 1[q(m_d = 1 | x) > ½]."""
+        return (self.open_logits(h, z) > 0).to(h.dtype)
+
+    def sample_masks(self, h: torch.Tensor, num_samples: int, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [N, F], z [N, K] → [S, N, K] masks drawn from the guide, as they gate z in training (no gradient)."""
+        with torch.no_grad():
+            return self.mask(self.posterior(self.view_logits(h, z)).sample((num_samples,)))
 
     # ---- the variational family and its KL
     def posterior(self, logits: torch.Tensor):
         raise NotImplementedError
+
+    def mask(self, value: torch.Tensor) -> torch.Tensor:
+        """[..., K] value of the gate site → the mask it applies to z (the value itself for hard gates)."""
+        return value
+
+    def make_elbo(self):
+        """The ELBO whose ``loss_and_grads(model, guide, *args)`` trains this guide."""
+        return TraceGraph_ELBO()
 
     def closed_form_kl(self, logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Tensor:
         """[G, K] logits of the batch's gates → [G] gate terms: Σ_d KL(q ‖ p), or the prior's own term."""
@@ -104,7 +138,7 @@ class GateGuide(nn.Module):
         the scope's plate, and its KL."""
         device, num_dims = batch.z.device, logits.shape[-1]
         q = self.posterior(logits)
-        with poutine.scale(scale=self.kl_weight):
+        with weighted(self.kl_weight):
             context = self.prior.guide_globals(device)
             prior = self.prior.gate_dist(context, num_dims, device)
             with self.scope.plate(batch):
@@ -115,6 +149,7 @@ class GateGuide(nn.Module):
                 else:
                     with torch.no_grad():  # only logged: Pyro scores the site itself
                         kl = q.log_prob(gate).sum(-1) - prior.log_prob(gate).sum(-1)  # the Monte-Carlo estimate
-        self.last_stats = {"gate_kl": kl.detach().mean(), "open_gates": (gate.detach() > 0.5).float().mean()}
+        open_gates = (self.mask(gate.detach()) > 0.5).float().mean()
+        self.last_stats = {"gate_kl": kl.detach().mean(), "open_gates": open_gates}
         return gate
 

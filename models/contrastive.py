@@ -3,7 +3,9 @@
     for each gate g of the guide's scope (by default one per view: a plate over the 2N views, subsampled to the
     batch's 2B views; or one per image, or one for the dataset — ``pyro_ncl.scopes``):
         m_g ~ prior                                   (per-dimension gate, site "gate", KL weight β)
-    factor("contrastive", −2N · mean_v loss(normalize(normalize(z_v) ⊙ m_{g(v)})))
+    factor("contrastive", −2N · mean_v loss(normalize(normalize(z_v) ⊙ mask(m_{g(v)}))))
+
+(``mask`` is the prior's: the value itself for hard gates, σ(y) for a relaxed gate whose site value is the logit y.)
 
 The contrastive factor couples the views of a batch (every view is every other view's negative), so it sits
 *outside* the plate and is scaled by hand from the batch mean to the 2N views of the dataset; inside the plate
@@ -16,11 +18,11 @@ zero-variance estimate of the gate term of the ELBO.
 from __future__ import annotations
 
 import pyro
-import pyro.poutine as poutine
 import torch.nn as nn
 
 from pyro_ncl import distributed
 from pyro_ncl.batch import EncodedBatch
+from pyro_ncl.distributions import weighted
 from pyro_ncl.ops import safe_normalize
 from pyro_ncl.scopes import VIEW
 
@@ -40,7 +42,7 @@ class ContrastiveModel(nn.Module):
         pyro.module("model", self)
         z = safe_normalize(batch.z)
         if self.prior is not None:
-            z = safe_normalize(z * self._gate(batch))
+            z = safe_normalize(z * self.prior.mask(self._gate(batch)))
         loss = self._contrastive(z, batch)
         self.last_stats = {"contrastive": loss.detach()}
         pyro.factor("contrastive", -batch.dataset_views * loss)
@@ -57,7 +59,7 @@ class ContrastiveModel(nn.Module):
     def _gate(self, batch: EncodedBatch):
         """The gate site in the scope's plate → one mask row per view [2B, K]."""
         device, num_dims = batch.z.device, batch.z.shape[-1]
-        with poutine.scale(scale=self.kl_weight):
+        with weighted(self.kl_weight):  # β = 0: masked, the gate still sampled
             context = self.prior.sample_globals(device)
             prior = self.prior.gate_dist(context, num_dims, device).to_event(1).mask(not self.analytic_kl)
             with self.scope.plate(batch):

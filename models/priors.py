@@ -9,10 +9,14 @@ A prior is a ``GatePrior`` subclass registered by name, with
     ``guide_globals(device)``  guide side: samples the same globals from their variational factors → a context;
     ``gate_dist(context, K, device)`` the conditional prior of one view's gate, batch shape [K];
     ``gate_kl(q_logits, prior_probs)`` the closed-form gate term of a batch's Bernoulli gates, [G, K] → [G]: by
-                              default Σ_d KL(Bern(σ(a_gd)) ‖ Bern(p_d)), the exact ELBO term.
+                              default Σ_d KL(Bern(σ(a_gd)) ‖ Bern(p_d)), the exact ELBO term;
+    ``mask(value)``           the mask a gate value applies to z (the value itself; σ(y) for a relaxed gate, whose
+                              value is the logit y).
 A new prior is one class here (or a module of its own in ``models/``) with ``@PRIORS.register(name)``.
 """
 from __future__ import annotations
+
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -20,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pyro_ncl.distributions import bernoulli_kl
+from pyro_ncl.distributions import LogitConcrete, bernoulli_kl
 from pyro_ncl.registry import Registry
 
 PRIORS: Registry = Registry("prior")
@@ -52,6 +56,10 @@ class GatePrior(nn.Module):
     def gate_kl(self, q_logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Tensor:
         """[G, K] guide logits, prior probabilities [K] (or [G, K]) → [G] Σ_d KL(q_gd ‖ p_d)."""
         return bernoulli_kl(q_logits, prior_probs).sum(-1)
+
+    def mask(self, value: torch.Tensor) -> torch.Tensor:
+        """[..., K] gate value → [..., K] mask applied to z."""
+        return value
 
 
 @PRIORS.register("none")
@@ -118,7 +126,9 @@ class BetaBernoulliPrior(GatePrior):
 
 @PRIORS.register("concrete")
 class ConcretePrior(GatePrior):
-    """m_d ~ RelaxedBernoulli(T_prior, π): a density on (0, 1)^K, for guides whose mask is relaxed (soft)."""
+    """m_d = σ(y_d), y_d = (logit π + L)/T_prior, L ~ Logistic(0, 1): the Concrete (RelaxedBernoulli(T_prior, π))
+    prior on relaxed masks, for guides whose mask is relaxed (soft). The site's value is the logit y, scored by the
+    logistic density of ``LogitConcrete`` (the KL to the guide is that of the masks in (0, 1): σ is monotone)."""
 
     value_kind = "soft"
     closed_form_kl = False
@@ -132,5 +142,8 @@ class ConcretePrior(GatePrior):
         return cls(config.prior_prob, config.gate_temperature)
 
     def gate_dist(self, context, num_dims, device):
-        probs = torch.full((num_dims,), self.prior_prob, device=device)
-        return dist.RelaxedBernoulli(torch.tensor(self.temperature, device=device), probs=probs)
+        logits = torch.full((num_dims,), math.log(self.prior_prob / (1 - self.prior_prob)), device=device)
+        return LogitConcrete(self.temperature, logits)
+
+    def mask(self, value):
+        return LogitConcrete.mask(value)

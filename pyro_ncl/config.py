@@ -54,7 +54,13 @@ class Config:
     method: str = _opt("method preset: a row of (prior, guide, likelihood, non-negativity)", default="bayesncl")
     prior: Optional[str] = _opt("gate prior (default: the method's; `rate` is a penalty on each dimension's open "
                                 "rate, not part of an ELBO)", default=None)
-    guide: Optional[str] = _opt("gate guide (default: the method's)", default=None)
+    guide: Optional[str] = _opt("gate guide (default: the method's): relaxed_st (exact Bernoulli draw, straight-through "
+                                "gradient), relaxed_soft (Concrete masks, with --prior concrete), bernoulli (score "
+                                "function, --baseline), disarm (exact Bernoulli, DisARM gradients, no relaxation), "
+                                "deterministic (the authors' point estimate), global (one gate for all images), "
+                                "image (one gate per image), value and relative (value-aware gates reading z), topk "
+                                "(a point mass on each view's top-k entries of z)",
+                                default=None)
     likelihood: Optional[str] = _opt("contrastive likelihood (default: the method's)", default=None)
     non_neg: Optional[str] = _opt("non-negativity of z (default: the method's)", default=None)
     # encoder
@@ -66,7 +72,8 @@ class Config:
     # objective
     temperature: float = _opt("NT-Xent temperature τ", default=0.2)
     prior_prob: float = _opt("π of the Bernoulli gate prior (open probability)", default=0.8)
-    kl_weight: float = _opt("β: weight of the gate KL per view, relative to the mean contrastive loss",
+    kl_weight: float = _opt("β: weight of the gate KL per view, relative to the mean contrastive loss (0: no gate "
+                            "term, the gate still sampled)",
                             default=3e-5)
     gate_temperature: float = _opt("temperature T of the relaxed gate sample", default=1.0)
     beta_concentration: float = _opt("beta_bernoulli prior: concentration c of the Beta(cπ, c(1 − π)) hyperprior",

@@ -302,6 +302,8 @@ def check_supported(config, likelihood_cls=None, guide_cls=None, size: Optional[
         raise ValueError(f"--likelihood {config.likelihood} has no per-view form (per_view), which {size} "
                          f"processes need to share its negatives; run it in one process")
     if guide_cls is not None and getattr(guide_cls, "value_kind", None) is not None:
+        if getattr(guide_cls, "single_process_reason", None):
+            raise ValueError(f"--guide {config.guide} {guide_cls.single_process_reason}; run it in one process")
         if not getattr(guide_cls, "reparameterized", True):
             raise ValueError(f"--guide {config.guide} uses score-function gradients, whose cost would be this "
                              f"process's share of the contrastive loss only; run it in one process")

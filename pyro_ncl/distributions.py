@@ -8,11 +8,19 @@ prior is the closed form (registered below through the Bernoulli parent class).
 
 Contrast with ``pyro.distributions.RelaxedBernoulliStraightThrough``, whose ``log_prob`` is the Concrete *density*
 at the soft value: paired with a Bernoulli prior (a pmf at the hard value) that is not a valid ELBO.
+
+``LogitConcrete(temperature, logits)`` is the relaxed gate of ``relaxed_soft`` and the ``concrete`` prior, scored in
+logit space (its sample is the logit y of the relaxed mask σ(y)). ``weighted(β)`` scales the gate term by the KL
+weight, and masks it at β = 0.
 """
 from __future__ import annotations
 
-import torch
 import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+import torch.nn.functional as F
+from torch.distributions import constraints
+from torch.distributions.utils import clamp_probs
 
 
 class StraightThroughBernoulli(dist.Bernoulli):
@@ -47,6 +55,56 @@ class StraightThroughBernoulli(dist.Bernoulli):
 def bernoulli_kl(q_logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Tensor:
     """KL(Bernoulli(σ(q_logits)) ‖ Bernoulli(prior_probs)), elementwise, numerically stable in the logits."""
     q = torch.sigmoid(q_logits)
-    log_q1, log_q0 = torch.nn.functional.logsigmoid(q_logits), torch.nn.functional.logsigmoid(-q_logits)
+    log_q1, log_q0 = F.logsigmoid(q_logits), F.logsigmoid(-q_logits)
     prior_probs = torch.as_tensor(prior_probs, dtype=q_logits.dtype, device=q_logits.device)
     return q * (log_q1 - prior_probs.log()) + (1 - q) * (log_q0 - (-prior_probs).log1p())
+
+
+class LogitConcrete(dist.TorchDistribution):
+    """The Concrete (relaxed Bernoulli) variable in logit space: y = (logits + L)/T with L ~ Logistic(0, 1), i.e.
+    Logistic(logits/T, 1/T); the relaxed mask is σ(y) ∈ (0, 1). Batch shape: that of ``logits``.
+
+    Scoring the relaxed gate here rather than at σ(y) changes no KL (σ is monotone) but keeps float32 exact: σ(y)
+    rounds to 1 for y ≳ 16, where a density in (0, 1) space is taken at a clamped value with zero pathwise
+    gradient. ``rsample`` draws from the logits directly (torch's ``LogitRelaxedBernoulli`` goes through the
+    probabilities, which saturate), and ``log_prob`` is log T + x − 2 softplus(x) with x = logits − T·y.
+    """
+
+    arg_constraints = {"logits": constraints.real, "temperature": constraints.positive}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, temperature, logits: torch.Tensor, validate_args=None):
+        self.logits = logits
+        self.temperature = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+        super().__init__(logits.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(LogitConcrete, _instance)
+        new.logits, new.temperature = self.logits.expand(batch_shape), self.temperature
+        super(LogitConcrete, new).__init__(torch.Size(batch_shape), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        u = clamp_probs(torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device))
+        return (self.logits.expand(shape) + (u.log() - (-u).log1p())) / self.temperature
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        x = self.logits - self.temperature * value
+        return self.temperature.log() + x - 2 * F.softplus(x)
+
+    @staticmethod
+    def mask(value: torch.Tensor) -> torch.Tensor:
+        """The relaxed mask σ(y) ∈ (0, 1) of a sample y."""
+        return torch.sigmoid(value)
+
+
+def weighted(weight: float):
+    """``poutine.scale(weight)`` for the gate term, or ``poutine.mask(False)`` at weight 0 (which Pyro's scale
+    refuses): the gate is still sampled, but contributes nothing to the objective. A masked site keeps its score
+    function, so score-function gradients of the contrastive term are unaffected."""
+    return poutine.scale(scale=weight) if weight > 0 else poutine.mask(mask=False)

@@ -2,8 +2,8 @@
 
     run = load_run("runs/bayesncl")                 # config.json + checkpoint.pt, network in eval mode
     x, y = load_images(run, "test", 16)             # [16, C, H, W] normalised images, [16] labels
-    gate_probabilities(run, x)                      # [16, K] q(m_d = 1 | x)
-    sample_gates(run, x, 100)                       # [100, 16, K] draws from the guide
+    gate_probabilities(run, x)                      # [16, K] q(m_d = 1 | x), the guide's own (guide.probs)
+    sample_gates(run, x, 100)                       # [100, 16, K] masks drawn by the guide (guide.sample_masks)
     posterior_entropy(run, x)                       # [K] mean Bernoulli entropy (nats): which gates are uncertain
     class_gate_frequency(run)                       # [C, K] fraction of each class's test images opening gate d
     switched_on(run, x[0])                          # [(dim, probability), ...] the gates image 0 opens
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as nnf
 
 from pyro_ncl.checkpoint import CheckpointError, load_checkpoint
@@ -27,6 +28,7 @@ from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import eval_mode, extract
 from pyro_ncl.likelihoods import LIKELIHOODS
 from pyro_ncl.metrics import class_activation_counts
+from pyro_ncl.ops import safe_normalize
 from pyro_ncl.system import ContrastiveSystem, build_system
 
 __all__ = ["Run", "load_run", "load_images", "extract_split", "gate_probabilities", "sample_gates",
@@ -108,15 +110,22 @@ def _batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield x[start:start + batch_size]
 
 
-def _logits(run: Run, x: torch.Tensor) -> torch.Tensor:
-    """x [N, C, H, W] (normalised, as ``load_images`` gives) → gate logits a [N, K] on the CPU."""
+def _ask_guide(run: Run, x: torch.Tensor,
+               query: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``query(guide, h, z)`` on the backbone features h and the normalised projector output z of images
+    x [N, C, H, W] (normalised, as ``load_images`` gives), batch by batch, concatenated along ``dim`` on the CPU."""
     _require_gate(run)
     out = []
     with eval_mode(run.system) as system:
         for xb in _batches(x, run.config.eval_batch_size):
-            h, _ = system.encoder(xb.to(run.device))
-            out.append(system.guide.logits(h.float()).float().cpu())
-    return torch.cat(out)
+            h, z = system.encoder(xb.to(run.device))
+            out.append(query(system.guide, h.float(), safe_normalize(z.float())).float().cpu())
+    return torch.cat(out, dim)
+
+
+def _open_logits(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """x [N, C, H, W] → [N, K] the logit of the guide's own open probability (``guide.open_logits``)."""
+    return _ask_guide(run, x, lambda guide, h, z: guide.open_logits(h, z))
 
 
 def load_images(run: Run, split: str = "test", n: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -136,18 +145,17 @@ def extract_split(run: Run, split: str = "test", batch_size: Optional[int] = Non
 
 
 def gate_probabilities(run: Run, x: torch.Tensor) -> torch.Tensor:
-    """[N, K] posterior open probabilities q(m_d = 1 | x) = σ(a_d) of images x [N, C, H, W]."""
-    return torch.sigmoid(_logits(run, x))
+    """[N, K] the guide's own open probabilities q(m_d = 1 | x) (``guide.probs``: σ(a_d) for the Bernoulli guides,
+    σ(a_d/T) for ``deterministic``, P(m_d > ½) = σ(a_d) for ``relaxed_soft``) of images x [N, C, H, W]."""
+    return _ask_guide(run, x, lambda guide, h, z: guide.probs(h, z))
 
 
 def sample_gates(run: Run, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """[S, N, K] gate draws from the guide's posterior ``guide.posterior(logits)`` for images x [N, C, H, W]
-    ({0, 1} for hard guides, (0, 1) for the relaxed-soft guide)."""
+    """[S, N, K] gate masks drawn by the guide (``guide.sample_masks``) for images x [N, C, H, W]: {0, 1} for hard
+    guides, (0, 1) for ``relaxed_soft``, and the one mask of the ``deterministic`` point estimate S times."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    logits = _logits(run, x)
-    with torch.no_grad():
-        return run.system.guide.posterior(logits.to(run.device)).sample((num_samples,)).float().cpu()
+    return _ask_guide(run, x, lambda guide, h, z: guide.sample_masks(h, num_samples, z), dim=1)
 
 
 def bernoulli_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -158,7 +166,7 @@ def bernoulli_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def posterior_entropy(run: Run, x: torch.Tensor) -> torch.Tensor:
     """[K] per-dimension Bernoulli entropy of q(m_d | x) averaged over images x [N, C, H, W]: high = uncertain gate."""
-    return bernoulli_entropy(_logits(run, x)).mean(0)
+    return bernoulli_entropy(_open_logits(run, x)).mean(0)
 
 
 def gate_frequency_by_class(gate: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -177,11 +185,11 @@ def class_gate_frequency(run: Run, split: str = "test") -> torch.Tensor:
 
 
 def switched_on(run: Run, image: torch.Tensor) -> List[Tuple[int, float]]:
-    """The dimensions one image [C, H, W] (or [1, C, H, W]) opens (test-time gate: σ(a_d) > 0.5), as
-    (dim, probability) pairs, most probable first."""
+    """The dimensions one image [C, H, W] (or [1, C, H, W]) opens (the test-time gate: q(m_d = 1) > 0.5), as
+    (dim, ``guide.probs``) pairs, most probable first."""
     if image.dim() == 4 and image.shape[0] != 1:
         raise ValueError(f"switched_on takes one image, got a batch of {image.shape[0]}")
-    logits = _logits(run, image)[0]
+    logits = _open_logits(run, image)[0]
     probs = torch.sigmoid(logits)
     dims = (logits > 0).nonzero().squeeze(1).tolist()
     return sorted(((d, float(probs[d])) for d in dims), key=lambda item: (-item[1], item[0]))

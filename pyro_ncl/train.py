@@ -1,5 +1,6 @@
-"""The SVI loop: TraceGraph_ELBO.loss_and_grads on the shared encoded batch, then a plain torch SGD step with a
-linear warm-up + cosine schedule. Nothing here is method-specific."""
+"""The SVI loop: the guide's ELBO (TraceGraph_ELBO unless the guide names another) ``loss_and_grads`` on the
+shared encoded batch, then a plain torch SGD step with a linear warm-up + cosine schedule. Nothing here is
+method-specific."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,6 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import TraceGraph_ELBO
 from tqdm import tqdm
 
 from pyro_ncl import distributed
@@ -63,7 +63,7 @@ class SVITrainer:
 
     def __init__(self, system: ContrastiveSystem, config: Config, steps_per_epoch: int):
         self.system, self.config = system, config
-        self.elbo = TraceGraph_ELBO()
+        self.elbo = system.guide.make_elbo()  # TraceGraph_ELBO unless the guide brings its own estimator
         self.optimizer = torch.optim.SGD(system.parameter_groups(config.lr, config.gate_lr, config.weight_decay),
                                          momentum=config.momentum)
         total = config.epochs * steps_per_epoch

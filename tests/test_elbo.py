@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import TraceGraph_ELBO
 
-from guides import AmortizedGate
+from guides import AmortizedGate, RelaxedSoftGate
 from models import ContrastiveModel
-from models.priors import BernoulliPrior
+from models.priors import BernoulliPrior, ConcretePrior
 from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.config import Config
 from pyro_ncl.likelihoods import NTXent, nt_xent
@@ -120,3 +120,129 @@ def test_ungated_objective_is_the_ncl_loss():
     enc = system.encoder
     z = F.relu(enc.projector(enc.backbone(torch.cat([x1, x2]))))  # BatchNorm in train mode, same batch
     assert loss == pytest.approx(nt_xent(z, 0.2).item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- the relaxed gate, scored in logit space
+def log_logistic(y, loc, temperature):
+    """log density of (loc + L)/T at y, L ~ Logistic(0, 1), float64."""
+    x = loc - temperature * y
+    return math.log(temperature) + x - 2 * F.softplus(x)
+
+
+def concrete_kl_quadrature(a, pi, temperature, points=200_001, half_width=60.0):
+    """Σ_d KL(q_d ‖ p) between the Concrete densities of y = (a_d + L)/T and (logit π + L)/T, by the trapezoidal
+    rule on a fixed grid (±60 logistic scales around a_d/T) in float64; differentiable in a."""
+    loc_p = torch.tensor(math.log(pi / (1 - pi)), dtype=torch.float64)
+    total = 0.0
+    for a_d in a:
+        centre = float(a_d.detach())
+        y = torch.linspace(centre - half_width, centre + half_width, points, dtype=torch.float64) / temperature
+        log_q, log_p = log_logistic(y, a_d, temperature), log_logistic(y, loc_p, temperature)
+        total = total + torch.trapezoid(log_q.exp() * (log_q - log_p), y)
+    return total
+
+
+class ZeroLikelihood(torch.nn.Module):
+    """No contrastive term: the loss is the gate term alone (and the model never builds a 2B × 2B matrix)."""
+
+    def forward(self, z, labels=None):
+        return z.sum() * 0
+
+
+class FixedLogitsSoftGate(RelaxedSoftGate):
+    def __init__(self, logits, **kw):
+        super().__init__(1, 1, logits.numel(), **kw)
+        self.a = logits.clone().requires_grad_(True)
+
+    def logits(self, h):
+        return self.a.expand(h.shape[0], -1)
+
+
+def test_concrete_quadrature_reproduces_the_issue_reference():
+    a = torch.tensor([-3.0, -0.5, 1.0, 4.0], dtype=torch.float64)
+    assert concrete_kl_quadrature(a, 0.3, 0.5).item() == pytest.approx(4.2015, abs=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.2, 0.1, 0.05])
+def test_relaxed_soft_gate_term_matches_quadrature(temperature):
+    """The per-view gate term E_q[log q − log p] of the concrete prior + relaxed_soft guide, as the ELBO computes it
+    (float32, as in training; 2 × 50,000 views, one draw each) and its gradient in the logits, against float64
+    quadrature of the KL between the two Concrete densities: within 2%, logits up to ±20."""
+    torch.manual_seed(0)
+    a = torch.tensor([-20.0, -3.0, -0.5, 1.0, 4.0, 20.0])
+    prior = ConcretePrior(0.3, temperature)
+    guide = FixedLogitsSoftGate(a, prior=prior, temperature=temperature)
+    model = ContrastiveModel(ZeroLikelihood(), prior, analytic_kl=guide.analytic_kl)
+    assert not guide.analytic_kl  # Monte Carlo: both sites scored
+    n = 50_000
+    batch = EncodedBatch(h=torch.zeros(2 * n, 1), z=torch.rand(2 * n, 6), index=torch.arange(n), num_images=n)
+    loss = TraceGraph_ELBO().loss_and_grads(model.model, guide.guide, batch)  # plate scale 1: Σ over 2n views
+    a64 = a.double().requires_grad_(True)
+    exact = concrete_kl_quadrature(a64, 0.3, temperature)
+    exact_grad, = torch.autograd.grad(exact, a64)
+    assert loss / (2 * n) == pytest.approx(exact.item(), rel=0.02)
+    grad = guide.a.grad.double() / (2 * n)
+    assert (grad - exact_grad).norm() < 0.02 * exact_grad.norm(), (grad, exact_grad)
+    assert (grad - exact_grad).abs().max() < 0.01, (grad, exact_grad)
+
+
+def test_relaxed_soft_masks_the_features_with_the_sigmoid_of_its_logit():
+    """The site's value is the logit y; the model gates z with σ(y) ∈ (0, 1)."""
+    torch.manual_seed(0)
+    prior = ConcretePrior(0.3, 0.5)
+    guide = FixedLogitsSoftGate(torch.tensor([-2.0, 0.5, 3.0]), prior=prior, temperature=0.5)
+    seen = {}
+
+    class Record(torch.nn.Module):
+        def forward(self, z, labels=None):
+            seen["z"] = z
+            return z.sum() * 0
+
+    model = ContrastiveModel(Record(), prior, analytic_kl=False)
+    batch = whole_dataset_batch(3)
+    batch = EncodedBatch(h=batch.h.float(), z=batch.z.float(), index=batch.index, num_images=2)
+    guide_trace = poutine.trace(guide.guide).get_trace(batch)
+    poutine.replay(model.model, trace=guide_trace)(batch)
+    y = guide_trace.nodes["gate"]["value"]
+    assert y.min() < 0 or y.max() > 1  # a logit, not a mask
+    expected = F.normalize(F.normalize(batch.z, dim=-1) * torch.sigmoid(y), dim=-1)
+    assert torch.allclose(seen["z"], expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- β = 0: an ablation without the gate term
+def gated_combinations():
+    from guides import GUIDES
+    from models import PRIORS
+    for prior in PRIORS.names():
+        for guide in GUIDES.names():
+            if PRIORS[prior].value_kind is not None and PRIORS[prior].value_kind == GUIDES[guide].value_kind:
+                yield pytest.param(prior, guide, id=f"{prior}-{guide}")
+
+
+@pytest.mark.parametrize("prior,guide", list(gated_combinations()))
+def test_zero_kl_weight_runs_without_the_gate_term(prior, guide):
+    from pyro_ncl.train import SVITrainer
+    config = Config(prior=prior, guide=guide, kl_weight=0.0, width=4, hidden_dim=16, feature_dim=8,
+                    batch_size=4).resolved()
+    torch.manual_seed(0)
+    system = build_system(config, in_channels=1)
+    trainer = SVITrainer(system, config, steps_per_epoch=1)
+    x1, x2 = torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    loss = trainer.loss_and_grads(x1, x2, None, torch.arange(4), num_images=16)
+    contrastive = system.step_stats()["contrastive"]
+    if guide == "disarm":  # the antithetic average of two objectives; the logged term is that of the guide's draw
+        assert trainer.elbo.last_losses[0] == pytest.approx(contrastive, rel=1e-6)
+        contrastive = sum(trainer.elbo.last_losses) / 2
+    assert loss == pytest.approx(contrastive, rel=1e-6)  # the loss is the contrastive term
+    gate_params = [p for name, p in system.guide.named_parameters()
+                   if not name.startswith(("baseline_net", "prior."))]  # the guide's own (the prior's rates: β = 0)
+    if gate_params:  # the gate still learns (topk has no parameters: it reads z)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gate_params)
+    if guide == "deterministic":  # no noise: the contrastive term by hand
+        with torch.no_grad():
+            system.train()
+            batch = system.encode(x1, x2, torch.arange(4), 16)
+            mask = (system.guide.head(batch.h) > 0).float()
+            z = F.normalize(F.normalize(batch.z, dim=-1) * mask, dim=-1)
+        assert loss == pytest.approx(nt_xent(z, config.temperature).item(), rel=1e-5)
+    assert math.isfinite(trainer.step(x1, x2, None, torch.arange(4), num_images=16))

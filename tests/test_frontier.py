@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_ncl.frontier import goal_check, mean_std, summarise
+from pyro_ncl.frontier import baseline_at, goal_check, mean_std, summarise
 from pyro_ncl.metrics import class_selective_share
 from pyro_ncl.posthoc import apply_thresholds, quantile_thresholds, rate_thresholds, top_k
 from conftest import ROOT, TINY_RUN_FLAGS  # tests/ is on sys.path (pytest's default prepend import mode)
@@ -86,33 +86,40 @@ def _row(design, variant, seed, knn, cons, param=None, knob=None, probe_h=0.8):
 
 def test_summary_means_pareto_and_goal_check():
     rows = [_row("ncl", "features", s, 0.70 + 0.01 * s, 0.50 + 0.02 * s) for s in range(3)]
-    rows += [_row("ncl", "threshold", s, 0.705, 0.60 + 0.01 * s, param=0.5) for s in range(3)]
+    rows += [_row("ncl", "threshold", s, 0.69, 0.60 + 0.01 * s, param=0.5) for s in range(3)]
     rows += [_row("ncl", "threshold", s, 0.60, 0.80, param=0.9) for s in range(3)]
-    rows += [_row("g", "mode", s, 0.71, 0.62 + 0.1 * s, knob=0.5) for s in range(2)]
+    rows += [_row("g", "mode", s, 0.705, 0.62 + 0.1 * s, knob=0.5) for s in range(2)]
     rows += [_row("g", "mode", s, 0.65, 0.60, knob=0.2) for s in range(2)]  # dominated
+    rows += [_row("h", "mode", s, 0.69, 0.60, knob=1, probe_h=0.75) for s in range(2)]  # probe on h too low
     points = summarise(rows)
     by = {(p["curve"], p["param"], p["knob"]): p for p in points}
     ncl = by[("ncl", None, None)]
     assert ncl["knn_accuracy"] == pytest.approx(0.71) and ncl["seeds"] == [0, 1, 2]
     assert ncl["semantic_consistency_std"] == pytest.approx(statistics.stdev([0.50, 0.52, 0.54]))
     pareto = {key for key, p in by.items() if p["pareto"]}
-    assert pareto == {("g (mode)", None, 0.5), ("ncl+threshold", 0.9, None)}
+    assert pareto == {("ncl", None, None), ("g (mode)", None, 0.5), ("ncl+threshold", 0.9, None)}
     checks = {c["curve"]: c for c in goal_check(points)}
     target = 0.52 + 0.5 * (1 - 0.52)
     g = checks["g (mode)"]
     assert g["target"] == pytest.approx(target) and g["best"]["knob"] == 0.5
-    assert g["threshold"]["curve"] == "ncl"  # q=0.5 (kNN 0.705) is less accurate than g: the bar is NCL itself
-    assert g["beats_threshold"] and not g["meets_target"]
-    assert checks["ncl+threshold"]["best"]["param"] == 0.5
+    # the threshold front at kNN 0.705: between (0.69, 0.61) and NCL (0.71, 0.52), interpolated
+    assert g["threshold"] == pytest.approx(0.61 + (0.52 - 0.61) * (0.705 - 0.69) / (0.71 - 0.69))
+    assert g["top_k"] == pytest.approx(0.52)  # only NCL itself: more accurate than g, so its consistency
+    assert g["beats_threshold"] and g["beats_top_k"] and not g["meets_target"]
+    assert checks["h (mode)"]["best"] is None
     assert mean_std([1.0, float("nan"), None]) == (1.0, 0.0, 1)
 
 
-def test_goal_check_compares_with_the_best_threshold_at_least_as_accurate():
-    rows = [_row("ncl", "features", 0, 0.70, 0.50), _row("ncl", "threshold", 0, 0.72, 0.58, param=0.25),
-            _row("ncl", "threshold", 0, 0.69, 0.70, param=0.5), _row("g", "mode", 0, 0.695, 0.80, knob=1)]
-    check = {c["curve"]: c for c in goal_check(summarise(rows))}["g (mode)"]
-    # threshold points with kNN ≥ 0.695: q=0.25 (0.58) and NCL itself (0.50); q=0.5 is less accurate
-    assert check["threshold"]["param"] == 0.25 and check["beats_threshold"] and check["meets_target"]
+def test_baseline_front_is_interpolated_on_its_pareto_points():
+    points = summarise([_row("ncl", "features", 0, 0.70, 0.50), _row("ncl", "threshold", 0, 0.72, 0.40, param=0.1),
+                        _row("ncl", "threshold", 0, 0.60, 0.70, param=0.5),
+                        _row("ncl", "threshold", 0, 0.65, 0.55, param=0.3)])  # all four on the front
+    curves = ("ncl", "ncl+threshold")
+    assert baseline_at(points, curves, 0.65) == pytest.approx(0.55)
+    assert baseline_at(points, curves, 0.62) == pytest.approx(0.70 + (0.55 - 0.70) * 0.02 / 0.05)
+    assert baseline_at(points, curves, 0.80) == pytest.approx(0.40)  # beyond the most accurate point
+    assert baseline_at(points, curves, 0.50) == pytest.approx(0.70)  # below the least accurate point
+    assert baseline_at(points, ("other",), 0.7) is None
 
 
 DESIGNS = """

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import TraceGraph_ELBO
 
-from guides import AmortizedGate, ExactBernoulliGate
+from guides import GUIDES, AmortizedGate, ExactBernoulliGate
 from models import ContrastiveModel
 from models.priors import BernoulliPrior, BetaBernoulliPrior
 from pyro_ncl.batch import EncodedBatch
@@ -149,3 +149,38 @@ def test_global_gate_is_shared_by_all_views():
     assert trace.nodes["gate"]["value"].shape == (8,)
     h = torch.randn(3, system.encoder.backbone_dim, generator=torch.Generator().manual_seed(0))  # distinct rows
     assert not system.guide.mode(h).std(0).any()  # the same gate for every sample
+
+
+def gated_guides():
+    for name in GUIDES.names():
+        if GUIDES[name].value_kind is not None:
+            yield name
+
+
+@pytest.mark.parametrize("guide", list(gated_guides()))
+def test_probs_and_samples_are_the_guides_own(guide):
+    """At T = 0.5: ``probs(h)`` is the frequency with which the guide's own draws open a gate (mask > ½), σ(a) for
+    the Bernoulli guides and relaxed_soft; the deterministic point estimate answers σ(a/T) and draws its one mask."""
+    prior = "concrete" if GUIDES[guide].value_kind == "soft" else "bernoulli"
+    config = Config(prior=prior, guide=guide, gate_temperature=0.5, width=4, hidden_dim=16, feature_dim=8).resolved()
+    torch.manual_seed(0)
+    system = build_system(config, in_channels=1)
+    g = torch.Generator().manual_seed(1)
+    h = 3 * torch.randn(5, system.encoder.backbone_dim, generator=g)
+    z = torch.rand(5, 8, generator=g) * (torch.rand(5, 8, generator=g) < 0.5)  # value-aware guides read z too
+    z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    a = system.guide.view_logits(h, z).detach()
+    probs, masks = system.guide.probs(h, z).detach(), system.guide.sample_masks(h, 4000, z)
+    assert probs.shape == (5, 8) and masks.shape == (4000, 5, 8)
+    assert torch.equal(system.guide.mode(h, z), (probs > 0.5).float())
+    if guide == "deterministic":
+        assert torch.allclose(probs, torch.sigmoid(a / 0.5), atol=1e-6)
+        assert torch.equal(masks, (a > 0).float().expand(4000, -1, -1))
+        return
+    assert torch.allclose(probs, torch.sigmoid(a), atol=1e-6)
+    freq = (masks > 0.5).double().mean(0)
+    assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / 4000).sqrt() + 1e-3).all()
+    if GUIDES[guide].value_kind == "soft":  # relaxed masks σ(y), not the logits y the site holds
+        assert masks.min() >= 0 and masks.max() <= 1 and ((masks > 0.01) & (masks < 0.99)).any()
+    else:
+        assert set(masks.unique().tolist()) <= {0.0, 1.0}

@@ -124,3 +124,39 @@ def test_notebook_executes(run, monkeypatch):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
+
+
+def untrained_run(tmp_path, **settings):
+    """A Run around a freshly built system (no training, no dataset): what inspection reports is the guide's."""
+    from pyro_ncl.config import Config
+    from pyro_ncl.inspect import Run
+    from pyro_ncl.system import build_system
+    config = Config(width=4, hidden_dim=16, feature_dim=8, **settings).resolved()
+    torch.manual_seed(0)
+    return Run(tmp_path, config, build_system(config, in_channels=1).eval(), torch.device("cpu"))
+
+
+def test_deterministic_guide_is_inspected_at_its_trained_temperature(tmp_path):
+    """The deterministic gate trains q = σ(a/T): at T = 0.5 inspection reports σ(a/T), not σ(a), and its draws are
+    its one mask."""
+    run = untrained_run(tmp_path, guide="deterministic", gate_temperature=0.5)
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h, _ = run.system.encoder(x)
+        a = run.system.guide.head(h)
+    q = torch.sigmoid(a / 0.5)
+    assert (q - torch.sigmoid(a)).abs().max() > 0.01  # the two differ: the check can fail
+    assert torch.allclose(gate_probabilities(run, x), q, atol=1e-6)
+    assert torch.allclose(posterior_entropy(run, x), bernoulli_entropy(a / 0.5).mean(0), atol=1e-6)
+    assert torch.equal(sample_gates(run, x, 3), (a > 0).float().expand(3, -1, -1))
+    on = switched_on(run, x[0])
+    assert all(p == pytest.approx(float(q[0, d]), abs=1e-6) for d, p in on)
+
+
+def test_relaxed_soft_samples_are_masks(tmp_path):
+    run = untrained_run(tmp_path, prior="concrete", guide="relaxed_soft", gate_temperature=0.5)
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    samples = sample_gates(run, x, 2000)
+    probs = gate_probabilities(run, x)
+    assert samples.shape == (2000, 4, 8) and samples.min() >= 0 and samples.max() <= 1
+    assert ((samples > 0.5).float().mean(0) - probs).abs().max() < 0.05  # P(m > ½) = σ(a)

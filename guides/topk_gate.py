@@ -7,8 +7,9 @@ write: its gate term is KL(δ_m ‖ p) = −log p(m), for the Bernoulli(π) prio
 normalize(z ⊙ m) (gradients reach the kept entries only). A valid ELBO, with no posterior uncertainty: the trained
 counterpart of keeping each image's top-k activations after training (``pyro_ncl.posthoc.top_k``).
 
-Curriculum: during training k_t falls linearly from K to ``--topk`` over the first ``--topk-anneal-epochs`` epochs
-(then stays at ``--topk``; in evaluation mode k = ``--topk``).
+Curriculum: during training k_t falls linearly from K to ``--topk`` (default K/32 rounded: 4 of 128) over the first
+``--topk-anneal-epochs`` epochs (default 40% of the run; then k stays at ``--topk``; in evaluation mode k =
+``--topk``). The default gate of ``--method bayesncl`` (see the README's frontier section for the evidence).
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ import torch
 from guides.base import GUIDES, GateGuide
 
 SURE = 30.0  # |logit| of a kept / dropped entry (σ(30) = 1 in float32)
+
+
+def default_k(feature_dim: int) -> int:
+    """K/32 rounded, at least 1: 4 of K = 128 (the setting measured by experiments/frontier.py)."""
+    return max(1, round(feature_dim / 32))
 
 
 @GUIDES.register("topk")
@@ -40,7 +46,9 @@ class TopKGate(GateGuide):
 
     @classmethod
     def options(cls, config) -> dict:
-        return {"k": config.topk, "anneal_epochs": config.topk_anneal_epochs}
+        k = config.topk if config.topk is not None else default_k(config.feature_dim)
+        anneal = config.topk_anneal_epochs if config.topk_anneal_epochs is not None else 0.4 * config.epochs
+        return {"k": k, "anneal_epochs": anneal}
 
     def set_progress(self, epochs_done: float) -> None:
         """The curriculum: k_t = K − (K − k) · min(1, epochs done / anneal epochs), rounded up."""

@@ -22,7 +22,7 @@ DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 METHODS: Dict[str, Dict[str, str]] = {
     "cl": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="none"),
     "ncl": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="relu"),
-    "bayesncl": dict(prior="bernoulli", guide="relaxed_st", likelihood="nt_xent", non_neg="relu"),
+    "bayesncl": dict(prior="bernoulli", guide="topk", likelihood="nt_xent", non_neg="relu"),
     "tricl": dict(prior="none", guide="none", likelihood="tricl", non_neg="none"),
     "simlap": dict(prior="none", guide="none", likelihood="simlap", non_neg="none"),
     "bcl": dict(prior="none", guide="none", likelihood="bcl", non_neg="none"),
@@ -81,9 +81,10 @@ class Config:
     baseline: str = _opt("bernoulli (score-function) guide: variance-reduction baseline: none | decaying | neural",
                          default="decaying")
     gate_grad_to_backbone: bool = _opt("let gate-head gradients reach the backbone (authors: off)", default=False)
-    topk: int = _opt("topk guide: entries of z each view keeps (at the end of the curriculum and at test time)",
-                     default=4)
-    topk_anneal_epochs: float = _opt("topk guide: epochs over which k falls linearly from K to --topk", default=0.0)
+    topk: Optional[int] = _opt("topk guide: entries of z each view keeps (at the end of the curriculum and at "
+                               "test time); default K/32 rounded (4 of --feature-dim 128)", default=None)
+    topk_anneal_epochs: Optional[float] = _opt("topk guide: epochs over which k falls linearly from K to --topk "
+                                               "(default: 40%% of --epochs)", default=None)
     kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "
                                    "(0: the full weight from the first step)", default=0.0)
     test_gate: str = _opt("gated methods' evaluated features: mode (the hard gate 1[logit > 0]) | mean (the "

@@ -185,10 +185,18 @@ def plot_tsne(F: torch.Tensor, y: torch.Tensor, samples: int, seed: int, path: P
     idx = torch.randperm(F.shape[0], generator=gen)[:min(samples, F.shape[0])]
     X, labels = F[idx].double().numpy(), y[idx].numpy()
     perplexity = float(min(30.0, max(2.0, (len(idx) - 1) / 3)))
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    if len(X) < 2 or float(X.var(0).sum()) < 1e-12:
+        # every sampled feature the same (e.g. a collapsed gate): PCA's initialisation divides by zero and
+        # scikit-learn's Barnes-Hut t-SNE then crashes the process on the NaNs
+        ax.text(0.5, 0.5, "t-SNE skipped: the sampled test features are all the same", ha="center", va="center",
+                wrap=True)
+        ax.set(title="t-SNE", xticks=[], yticks=[])
+        _save(fig, path)
+        return
     # One OpenMP thread: Barnes-Hut t-SNE next to torch's OpenMP pool is ~30x slower on a loaded 2-core machine.
     with threadpool_limits(limits=1, user_api="openmp"):
         emb = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(X)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
     sc = ax.scatter(emb[:, 0], emb[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "tab20", s=4)
     ax.legend(*sc.legend_elements(num=None), title="class", fontsize=6, loc="best", markerscale=0.7)
     ax.set(title=f"t-SNE of {len(idx)} test features", xticks=[], yticks=[])

@@ -25,12 +25,13 @@ def _pyro_state():
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """``tiny_run(method)`` → the folder of a tiny trained run of ``method``, made once per test session."""
-    def make(method: str) -> Path:
-        out = tmp_path_factory.getbasetemp() / "tiny_runs" / method
+    """``tiny_run(method, *flags)`` → the folder of a tiny trained run of ``method`` (with extra run_svi
+    ``flags``), made once per test session."""
+    def make(method: str, *flags: str) -> Path:
+        out = tmp_path_factory.getbasetemp() / "tiny_runs" / "_".join([method, *(f.strip("-") for f in flags)])
         if not (out / "metrics.json").exists():
             result = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_svi.py"), *TINY_RUN_FLAGS,
-                                     "--method", method, "--out", str(out), "--overwrite"],
+                                     "--method", method, *flags, "--out", str(out), "--overwrite"],
                                     capture_output=True, text=True, timeout=300, cwd=ROOT)
             assert result.returncode == 0, result.stderr[-2000:]
         return out

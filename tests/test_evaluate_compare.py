@@ -124,3 +124,13 @@ def test_compare_groups_seeds_and_settings(runs, tmp_path):
     assert "0.625 (1)" in rows["bayesncl"] and "–" in rows["ncl"] and "| ncl | 1 |" in rows["ncl"]
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 1000
     shutil.rmtree(tmp_path / "cmp")
+
+
+def test_tsne_of_identical_features_is_skipped_not_a_crash(tmp_path):
+    """scikit-learn's Barnes-Hut t-SNE crashes the process (segmentation fault) on features that are all the same
+    (PCA's initialisation divides by their zero variance): evaluate.py draws a note instead."""
+    evaluate = script("evaluate")
+    F = torch.zeros(40, 6)
+    F[:, 2] = 1.0  # a collapsed gate: every image the same one-hot feature
+    evaluate.plot_tsne(F, torch.arange(40) % 4, samples=30, seed=0, path=tmp_path / "tsne.png")
+    assert (tmp_path / "tsne.png").stat().st_size > 1000

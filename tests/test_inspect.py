@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(not FASHION.exists(),
 
 @pytest.fixture(scope="module")
 def run(tiny_run):
-    return load_run(tiny_run("bayesncl"))
+    """A run with a sampled gate (the per-view straight-through Bernoulli guide): a posterior with uncertainty."""
+    return load_run(tiny_run("bayesncl", "--guide", "relaxed_st"))
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def images(run):
 
 def test_load_run_rebuilds_the_system_in_eval_mode(run):
     assert not run.system.training and run.gated
-    assert (run.config.method, run.config.prior, run.config.feature_dim) == ("bayesncl", "bernoulli", 16)
+    assert (run.config.method, run.config.prior, run.config.guide, run.config.feature_dim) == \
+        ("bayesncl", "bernoulli", "relaxed_st", 16)
     assert "bayesncl" in repr(run) and len(repr(run)) < 300
     assert run.data.num_classes == 10
 
@@ -160,3 +162,18 @@ def test_relaxed_soft_samples_are_masks(tmp_path):
     probs = gate_probabilities(run, x)
     assert samples.shape == (2000, 4, 8) and samples.min() >= 0 and samples.max() <= 1
     assert ((samples > 0.5).float().mean(0) - probs).abs().max() < 0.05  # P(m > ½) = σ(a)
+
+
+def test_default_gate_is_a_point_mass_on_each_images_top_k(tiny_run):
+    """The default BayesNCL gate (``topk``, k = K/32 rounded, at least 1: 1 of 16 here): the posterior puts all its
+    mass on each image's largest entries of z, so probabilities are 0/1, draws repeat the mode, entropy is 0."""
+    run = load_run(tiny_run("bayesncl"))
+    assert run.config.guide == "topk"
+    x, _ = load_images(run, "test", 32)
+    probs = gate_probabilities(run, x)
+    out = run.system.features(x)
+    k = 1
+    top = torch.zeros_like(out["z"]).scatter_(1, torch.topk(out["z"], k, dim=1).indices, 1.0)
+    assert torch.allclose(probs, top, atol=1e-6) and torch.equal(out["gate"], top)
+    assert torch.equal(sample_gates(run, x, 3), top.expand(3, -1, -1))
+    assert float(posterior_entropy(run, x).abs().max()) < 1e-6

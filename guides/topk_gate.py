@@ -25,8 +25,8 @@ SURE = 30.0  # |logit| of a kept / dropped entry (σ(30) = 1 in float32)
 
 
 def default_k(feature_dim: int) -> int:
-    """K/32 rounded, at least 1: 4 of K = 128 (the setting measured by experiments/frontier.py)."""
-    return max(1, round(feature_dim / 32))
+    """K/32 rounded, at least 2: 4 of K = 128 (the setting measured by experiments/frontier.py)."""
+    return min(feature_dim, max(2, round(feature_dim / 32)))
 
 
 @GUIDES.register("topk")
@@ -36,8 +36,9 @@ class TopKGate(GateGuide):
     def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, k: int = 4, anneal_epochs: float = 0.0,
                  **kwargs):
         super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
-        if not 1 <= k <= feature_dim:
-            raise ValueError(f"--topk must lie in [1, --feature-dim {feature_dim}], got {k}")
+        if not 2 <= k <= feature_dim:  # k = 1: normalize(z ⊙ m) is one-hot, and NT-Xent has no gradient at all
+            raise ValueError(f"--topk must lie in [2, --feature-dim {feature_dim}] (one kept entry leaves a one-hot "
+                             f"feature with no gradient), got {k}")
         if anneal_epochs < 0:
             raise ValueError(f"--topk-anneal-epochs must be >= 0, got {anneal_epochs}")
         self.head = None  # the gate reads z only

@@ -82,7 +82,7 @@ class Config:
                          default="decaying")
     gate_grad_to_backbone: bool = _opt("let gate-head gradients reach the backbone (authors: off)", default=False)
     topk: Optional[int] = _opt("topk guide: entries of z each view keeps (at the end of the curriculum and at "
-                               "test time); default K/32 rounded (4 of --feature-dim 128)", default=None)
+                               "test time), at least 2; default K/32 rounded, at least 2 (4 of --feature-dim 128)", default=None)
     topk_anneal_epochs: Optional[float] = _opt("topk guide: epochs over which k falls linearly from K to --topk "
                                                "(default: 40%% of --epochs)", default=None)
     kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "

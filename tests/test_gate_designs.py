@@ -247,6 +247,18 @@ def test_topk_gate_keeps_each_views_largest_entries_with_a_curriculum():
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
+def test_topk_one_entry_is_refused_and_the_default_k_keeps_a_gradient():
+    from guides.topk_gate import default_k
+    # one kept entry: normalize(z ⊙ m) is one-hot, a constant, so NT-Xent gives the encoder no gradient
+    z = torch.rand(4, 8, requires_grad=True)
+    one_hot = safe_normalize(z * torch.zeros_like(z).scatter_(1, z.argmax(1, keepdim=True), 1.0))
+    nt_xent(one_hot, 0.5).backward()
+    assert float(z.grad.abs().max()) == 0.0
+    with pytest.raises(ValueError, match="--topk must lie in \\[2, --feature-dim 8\\]"):
+        build_system(Config(guide="topk", topk=1, width=4, hidden_dim=16, feature_dim=8).resolved(), in_channels=1)
+    assert [default_k(K) for K in (2, 8, 64, 128, 256)] == [2, 2, 2, 4, 8]
+
+
 def test_relative_gate_logits_and_every_view_keeps_its_strongest_entry():
     from guides import RelativeValueGate
     torch.manual_seed(0)

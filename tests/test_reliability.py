@@ -132,7 +132,7 @@ def test_overwrite_removes_the_old_runs_results(tmp_path):
 
 
 def test_all_closed_gates_give_a_finite_step():
-    config = Config(width=4, hidden_dim=16, feature_dim=8).resolved()
+    config = Config(width=4, hidden_dim=16, feature_dim=8, guide="relaxed_st").resolved()  # a gate with a head
     system = build_system(config, in_channels=1)
     torch.nn.init.constant_(system.guide.head[-1].bias, -50.0)  # every gate closed
     trainer = SVITrainer(system, config, steps_per_epoch=1)

@@ -38,8 +38,9 @@ def _opt(help: str, **kw) -> Any:
     (command line, preset, a run's config.json) by ``check_setting``. The type is the annotation (``Optional``:
     None allowed). Constraint keywords: ``ge``/``gt``/``le``/``lt`` (bounds of a number), ``choices`` (a tuple of
     allowed values, or ``"module:REGISTRY"``: the names registered there), ``pattern`` ((regular expression, what
-    it means)), ``why`` (said after a bound), ``noun`` (the word for a choice), ``preset=False`` (bookkeeping a preset may not set: where results go,
-    which device)."""
+    it means)), ``why`` (said after a bound or a choice), ``noun`` (the word for a choice), ``preset=False``
+    (bookkeeping a preset may not set: where results go, which device). Adding a setting with its constraint is
+    one line here; every check, message and ``--help`` entry follows from it."""
     default = kw.pop("default")
     return field(default=default, metadata=dict(help=help, **kw))
 

@@ -250,3 +250,20 @@ def test_every_setting_refuses_a_value_of_the_wrong_type_naming_the_key(tmp_path
         with pytest.raises(ValueError) as err:
             config_from_run(tmp_path)
         assert f"config.json: {name} must be {expected}, got" in str(err.value), name
+
+
+def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    """chmod 000 where the tests do not run as root; the same refusal through a read that fails otherwise."""
+    from pyro_ncl.data import idx
+    path = write_fake_mnist(tmp_path, train=4, test=2) / "train-images-idx3-ubyte"
+    if os.geteuid() != 0:
+        path.chmod(0)
+        with pytest.raises(ValueError, match=f"cannot read {path}: Permission denied"):
+            idx.read_idx(path)
+        path.chmod(0o644)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(idx, "open", refuse, raising=False)
+    with pytest.raises(ValueError, match=f"cannot read {path}: Permission denied"):
+        idx.read_idx(path)

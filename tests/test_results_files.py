@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pyro_ncl.config import Config, save_config
+from pyro_ncl.config import Config, build_parser, config_from_args, save_config
 from pyro_ncl.run_folder import read_metrics, write_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,8 +55,8 @@ class FakeRunSvi:
     """Stands in for the run_svi.py subprocess: records the command; a fresh or resumed run writes config.json
     (the settings the command asks for) and metrics.json, or fails with ``status``."""
 
-    def __init__(self, sweep, status=0):
-        self.sweep, self.status, self.commands = sweep, status, []
+    def __init__(self, status=0):
+        self.status, self.commands = status, []
 
     def __call__(self, command, **kwargs):
         argv = command[2:]
@@ -65,10 +65,10 @@ class FakeRunSvi:
             if "--resume" in argv:
                 out = Path(argv[argv.index("--resume") + 1])
             else:
-                args = self.sweep.build_parser().parse_args(argv)
+                args = build_parser().parse_args(argv)
                 out = Path(args.out)
                 out.mkdir(parents=True, exist_ok=True)
-                save_config(self.sweep.config_from_args(args).resolved(), out / "config.json")
+                save_config(config_from_args(args).resolved(), out / "config.json")
             write_metrics(out / "metrics.json", {"knn_accuracy": 0.5, "train_seconds": 10.0})
         return SimpleNamespace(returncode=self.status, stderr="" if self.status == 0 else "error: it broke\n")
 
@@ -85,7 +85,7 @@ def sweep(monkeypatch):
 
 
 def test_sweep_reuses_only_runs_made_with_the_same_settings(sweep, tmp_path, monkeypatch, capsys):
-    fake = FakeRunSvi(sweep)
+    fake = FakeRunSvi()
     monkeypatch.setattr(sweep.subprocess, "run", fake)
     sweep.main(sweep_args(tmp_path, "prior_prob=0.5,0.8"))
     assert len(fake.commands) == 2
@@ -101,7 +101,7 @@ def test_sweep_reuses_only_runs_made_with_the_same_settings(sweep, tmp_path, mon
 
 
 def test_sweep_fails_when_a_point_fails(sweep, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sweep.subprocess, "run", FakeRunSvi(sweep, status=2))
+    monkeypatch.setattr(sweep.subprocess, "run", FakeRunSvi(status=2))
     with pytest.raises(SystemExit) as exit_:
         sweep.main(sweep_args(tmp_path, "prior_prob=0.5,0.8"))
     assert exit_.value.code == 1
@@ -118,7 +118,7 @@ def test_sweep_fails_when_a_point_fails(sweep, tmp_path, monkeypatch, capsys):
 ])
 def test_sweep_checks_every_point_and_reference_before_running_any(sweep, tmp_path, monkeypatch, grid, reference,
                                                                    run_args, expected):
-    fake = FakeRunSvi(sweep)
+    fake = FakeRunSvi()
     monkeypatch.setattr(sweep.subprocess, "run", fake)
     (tmp_path / "unfinished").mkdir()
     save_config(Config(), tmp_path / "unfinished" / "config.json")

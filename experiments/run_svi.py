@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import pyro
 
@@ -113,32 +114,43 @@ def main(args) -> dict:
         accelerate(system, config.amp, config.channels_last, config.compile)
         rt.seed_processes()  # independent gate noise per process
         out = rt.claim(config.out)  # locked until the run ends
-        state = None
-        if config.resume:
-            state = load_latest(out)  # every process loads the checkpoint
-            check_resumable(state, config)
-            rt.print(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
-        else:
-            rt.on_main(lambda: start_run_folder(config, out))
+        state = begin(rt, config, out)
         processes = f", {rt.world_size} processes" if rt.world_size > 1 else ""
         rt.print(f"{config.method}: prior={config.prior} guide={config.guide} likelihood={config.likelihood} "
                  f"non_neg={config.non_neg} | {config.dataset} ({data.num_train} train images) on {rt.device}"
                  f"{processes} → {out}")
         with rt.stoppable():
             summary = train(system, data, config, out, rt.device, resume=state, should_stop=rt.stop_requested)
-        if not rt.main:
-            rt.barrier()  # rank 0 evaluates and writes the results
-            return {}
-        start = time.perf_counter()
-        metrics = evaluate(system, data, batch_size=config.eval_batch_size, device=rt.device,
-                           probe_epochs=config.probe_epochs, knn_k=config.knn_k, seed=config.seed,
-                           limit=config.eval_subset)
-        metrics.update(summary, eval_seconds=time.perf_counter() - start)
-        text = write_metrics(out / "metrics.json", metrics)  # NaN as null
-        plot_loss_curve(out / "log.csv", out / "loss.png")
-        print(text)
+        return finish(rt, system, data, config, out, summary)
+
+
+def begin(rt: Runtime, config: Config, out: Path) -> Optional[dict]:
+    """``--resume``: the last usable checkpoint (every process loads it), checked against the settings. A new run:
+    an earlier run's outputs refused or removed (``--overwrite``) and config.json written, by rank 0."""
+    if not config.resume:
+        rt.on_main(lambda: start_run_folder(config, out))
+        return None
+    state = load_latest(out)
+    check_resumable(state, config)
+    rt.print(f"resuming {out} at epoch {state['epoch'] + 1}, step {state['step']}")
+    return state
+
+
+def finish(rt: Runtime, system, data, config: Config, out: Path, summary: dict) -> dict:
+    """Rank 0 evaluates on the test split and writes metrics.json (NaN as null) and loss.png while the other
+    processes wait; returns the metrics ({} on the others)."""
+    if not rt.main:
         rt.barrier()
-        return metrics
+        return {}
+    start = time.perf_counter()
+    metrics = evaluate(system, data, batch_size=config.eval_batch_size, device=rt.device,
+                       probe_epochs=config.probe_epochs, knn_k=config.knn_k, seed=config.seed,
+                       limit=config.eval_subset)
+    metrics.update(summary, eval_seconds=time.perf_counter() - start)
+    print(write_metrics(out / "metrics.json", metrics))
+    plot_loss_curve(out / "log.csv", out / "loss.png")
+    rt.barrier()
+    return metrics
 
 
 def resume_hint(args) -> str:

@@ -55,10 +55,11 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_result(tmp_path):
                           capture_output=True).returncode == 0
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *TINY, "--out", str(killed)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 900  # generous: on a loaded machine the start alone can take minutes
     while time.time() < deadline:  # kill once a mid-epoch checkpoint exists and training has gone past it
         if (killed / "log.csv").exists() and any(int(s) >= 12 for s, _ in log_rows(killed)[1:]):
             break
+        assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -277,12 +278,12 @@ def _tiny_fake_run(data, *extra):
     return [*TINY_FAKE, "--data-root", str(data), *extra]
 
 
-TINY_FAKE = ["--dataset", "mnist", "--subset", "256", "--epochs", "2", "--batch-size", "16", "--width", "4",
+TINY_FAKE = ["--dataset", "mnist", "--subset", "256", "--epochs", "1", "--batch-size", "16", "--width", "4",
              "--hidden-dim", "32", "--feature-dim", "16", "--probe-epochs", "1", "--log-every", "1",
              "--checkpoint-every", "1000"]
 
 
-def _terminate_after(proc, run_dir, steps, timeout=240):
+def _terminate_after(proc, run_dir, steps, timeout=900):  # generous: a loaded machine starts slowly
     deadline = time.time() + timeout
     while time.time() < deadline:
         if (run_dir / "log.csv").exists() and len(log_rows(run_dir)) >= steps:
@@ -306,9 +307,9 @@ def test_sigterm_writes_a_checkpoint_says_how_to_resume_and_exits_143(tmp_path, 
     assert state["step"] == steps[-1] >= 3 and state["step_in_epoch"] == state["step"] < 16
     assert not (out / ".lock").exists()  # released
     resumed = subprocess.run([sys.executable, str(SCRIPT), "--resume", str(out)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-1500:]
-    assert [int(step) for step, _ in log_rows(out)] == list(range(1, 33))  # every step once, none lost
+    assert [int(step) for step, _ in log_rows(out)] == list(range(1, 17))  # every step once, none lost
     assert (out / "metrics.json").exists()
 
 

@@ -4,11 +4,12 @@
     python experiments/compare.py runs/bayesncl_s* runs/ncl_s* --out runs/compare
 
 Reads each run's config.json and metrics.json, and eval/metrics.json (from experiments/evaluate.py) when present,
-whose values take precedence. A group is the method, plus the parts (prior, guide, likelihood, non-negativity) that
-differ from the method's defaults, plus any other setting that differs between runs of that method (seeds, output
-folders, devices and similar bookkeeping excepted) where it is not the default: runs that differ only in their seed
-are pooled, and runs with, e.g., --prior-prob 0.8 (the default) and 0.2 are labelled "bayesncl" and
-"bayesncl prior_prob=0.2".
+whose values take precedence. A run without its own metrics.json is unfinished and left out (with a warning); a
+metrics file that does not parse stops the comparison, naming it. Null metrics (NaN) count as missing.
+A group is the method, plus the parts (prior, guide, likelihood, non-negativity) that differ from the method's
+defaults, plus any other setting that differs between runs of that method (seeds, output folders, devices and
+similar bookkeeping excepted) where it is not the default: runs that differ only in their seed are pooled, and runs
+with, e.g., --prior-prob 0.8 (the default) and 0.2 are labelled "bayesncl" and "bayesncl prior_prob=0.2".
 Writes --out/comparison.md (mean ± std (n) per metric, std over runs) and --out/comparison.png (bar plots).
 """
 from __future__ import annotations
@@ -27,8 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import BOOKKEEPING, METHODS, Config, read_run_config  # noqa: E402
+from pyro_ncl.config import BOOKKEEPING, METHODS, Config, OneLineParser, read_run_config  # noqa: E402
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
+from pyro_ncl.run_folder import read_metrics  # noqa: E402
 
 # every run's end-of-run metrics, then experiments/evaluate.py's
 METRICS = [*RUN_METRICS, "retrieval_p1", "effective_rank", "orthogonality", "entropy_freq"]
@@ -38,7 +40,7 @@ IGNORED = {"seed", "method", *PARTS, *BOOKKEEPING}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="run folders (config.json + metrics.json)")
     p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
     p.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric names to tabulate")
@@ -46,19 +48,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def read_run(run_dir: Path) -> Optional[dict]:
-    """{"path", "config", "metrics"} or None (with a warning) when the run has no metrics yet."""
+    """{"path", "config", "metrics", "evaluated"}, or None (with a warning) for a folder that is not a finished
+    run: no config.json, or no metrics.json of its own (an eval/ folder alone does not make a run finished). A
+    metrics file that does not parse is a ValueError naming it."""
     try:
         config = read_run_config(run_dir)
     except ValueError as err:
         print(f"warning: skipping {run_dir}: {err}", file=sys.stderr)
         return None
-    metrics: Dict = {}
-    for path in (run_dir / "metrics.json", run_dir / "eval" / "metrics.json"):
-        if path.exists():
-            metrics.update(json.loads(path.read_text()))
-    if not metrics:
+    if not (run_dir / "metrics.json").is_file():
         print(f"warning: skipping {run_dir}: no metrics.json (unfinished run?)", file=sys.stderr)
         return None
+    metrics: Dict = {}
+    for path in (run_dir / "metrics.json", run_dir / "eval" / "metrics.json"):
+        if path.is_file():
+            metrics.update(read_metrics(path))
     return {"path": run_dir, "config": config, "metrics": metrics,
             "evaluated": (run_dir / "eval" / "metrics.json").exists()}
 
@@ -137,6 +141,9 @@ def plot_bars(stats, metrics: List[str], path: Path) -> None:
 
 
 def main(args) -> Dict:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder for comparison.md and comparison.png")
     runs = [r for r in (read_run(Path(d)) for d in args.runs) if r is not None]
     if not runs:
         raise ValueError("none of the given folders holds a finished run (config.json + metrics.json)")
@@ -148,7 +155,6 @@ def main(args) -> Dict:
     if not metrics:
         raise ValueError(f"no run has any of the metrics {', '.join(wanted)}")
     stats = table(groups, metrics)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_markdown(stats, groups, metrics, out / "comparison.md")
     plot_bars(stats, metrics, out / "comparison.png")
@@ -161,4 +167,7 @@ if __name__ == "__main__":
         main(parser().parse_args())
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
         sys.exit(2)

@@ -33,26 +33,34 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_ncl.checkpoint import CheckpointError  # noqa: E402
+from pyro_ncl.config import OneLineParser, int_at_least  # noqa: E402
 from pyro_ncl.data import DatasetNotFound  # noqa: E402
 from pyro_ncl.inspect import Run, extract_split, gate_frequency_by_class, load_run  # noqa: E402
 from pyro_ncl.metrics import (EPS, dimension_importance, feature_selection, interpretability_suite,  # noqa: E402
                               retrieval_precision)
 from pyro_ncl.evaluation import score  # noqa: E402
 from pyro_ncl.probes import linear_probe  # noqa: E402
-from pyro_ncl.train import resolve_device  # noqa: E402
+from pyro_ncl.run_folder import write_metrics  # noqa: E402
+from pyro_ncl.runtime import local_device  # noqa: E402
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a finished run's folder (config.json, checkpoint.pt)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=int, default=None, help="feature-extraction batch (default: the run's)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help="feature-extraction batch (default: the run's)")
     p.add_argument("--data-root", default=None, help="dataset folder, if it moved since training")
-    p.add_argument("--probe-epochs", type=int, default=None, help="linear-probe epochs (default: the run's)")
-    p.add_argument("--knn-k", type=int, default=None, help="kNN neighbours (default: the run's)")
-    p.add_argument("--top-k-dims", type=int, default=8, help="dimensions shown in top_dims.png (default: 8)")
-    p.add_argument("--top-images", type=int, default=8, help="images per dimension in top_dims.png (default: 8)")
-    p.add_argument("--tsne-samples", type=int, default=2000, help="test points in the t-SNE (0: skip; default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of probes and the t-SNE sample (default: 0)")
+    p.add_argument("--probe-epochs", type=int_at_least(1), default=None,
+                   help="linear-probe epochs (default: the run's)")
+    p.add_argument("--knn-k", type=int_at_least(1), default=None, help="kNN neighbours (default: the run's)")
+    p.add_argument("--top-k-dims", type=int_at_least(1), default=8,
+                   help="dimensions shown in top_dims.png (default: 8)")
+    p.add_argument("--top-images", type=int_at_least(1), default=8,
+                   help="images per dimension in top_dims.png (default: 8)")
+    p.add_argument("--tsne-samples", type=int_at_least(0), default=2000,
+                   help="test points in the t-SNE (0: skip; default 2000)")
+    p.add_argument("--seed", type=int_at_least(0, 2 ** 32 - 1), default=0,
+                   help="seed of probes and the t-SNE sample (default: 0)")
     return p
 
 
@@ -208,9 +216,14 @@ def plot_tsne(F: torch.Tensor, y: torch.Tensor, samples: int, seed: int, path: P
 
 def main(args) -> Dict:
     start = time.perf_counter()
-    device = resolve_device(args.device)
+    device = local_device(args.device)
+    if not Path(args.run_dir).is_dir():
+        raise ValueError(f"{args.run_dir} is not a folder (expected a finished run's folder with config.json)")
     run = load_run(args.run_dir, device=device, data_root=args.data_root)
     batch_size = args.batch_size or run.config.eval_batch_size
+    knn_k = args.knn_k or run.config.knn_k
+    if knn_k > run.data.num_train:
+        raise ValueError(f"--knn-k {knn_k} is larger than the run's {run.data.num_train} training images")
     out = run.path / "eval"
     out.mkdir(exist_ok=True)
     train, test = extract_split(run, "train", batch_size), extract_split(run, "test", batch_size)
@@ -227,7 +240,7 @@ def main(args) -> Dict:
     if args.tsne_samples > 0:
         plot_tsne(test["features"], test["y"], args.tsne_samples, args.seed, out / "tsne.png")
     metrics["eval_seconds"] = time.perf_counter() - start
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_metrics(out / "metrics.json", metrics)  # NaN as null
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     print(f"wrote {out}")
     return metrics
@@ -238,6 +251,9 @@ if __name__ == "__main__":
         main(parser().parse_args())
     except (ValueError, DatasetNotFound, CheckpointError) as err:  # bad input: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # a full disk, an unreadable file
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -5,8 +5,12 @@
         --reference runs/ncl -- --subset 10000 --epochs 3
 
 Each ``--grid KEY=V1,V2`` is an axis (a Config field; ``KEY1+KEY2=A+B,C+D`` varies fields together); the runs are
-the Cartesian product. Flags after ``--`` go to every run. A point whose folder already holds ``metrics.json`` is
-not run again, so an interrupted sweep resumes. Writes ``results.csv``, ``results.md`` and ``sweep.png`` to --out.
+the Cartesian product. Flags after ``--`` go to every run. Every point's settings (and every ``--reference``) are
+checked before the first run. A point whose folder holds a finished run with the same settings is not run again,
+one with an interrupted run of the same settings is resumed, and one whose settings changed is run afresh (so an
+interrupted or extended sweep picks up where it stopped). Two sweeps sharing --out never run a point at once (the
+run folder's lock refuses the second). Writes ``results.csv``, ``results.md`` and ``sweep.png`` to --out; the exit
+status is 1 when a point failed.
 """
 from __future__ import annotations
 
@@ -24,11 +28,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import FIELD_NAMES, config_from_run  # noqa: E402
+from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, OneLineParser, build_parser,  # noqa: E402
+                             config_from_args, config_from_run, read_run_config)
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
+from pyro_ncl.run_folder import read_metrics  # noqa: E402
+from pyro_ncl.system import check_parts  # noqa: E402
 
 RUN_SVI = Path(__file__).resolve().parent / "run_svi.py"
 COLUMNS = [*RUN_METRICS, "seconds_per_epoch"]
+SET_BY_SWEEP = ("out", "overwrite", "resume")  # flags after -- may not set them
 
 
 def parse_axis(text: str) -> List[Dict[str, str]]:
@@ -58,21 +66,57 @@ def point_name(point: Dict[str, str]) -> str:
     return "_".join(f"{k}={v}" for k, v in point.items()) or "base"
 
 
-def run_point(point: Dict[str, str], run_dir: Path, extra: List[str]) -> Tuple[bool, str]:
-    if (run_dir / "metrics.json").exists():
+def point_flags(point: Dict[str, str]) -> List[str]:
+    return [f"--{k.replace('_', '-')}={v}" for k, v in point.items()]
+
+
+def point_config(point: Dict[str, str], extra: List[str], run_dir: Path) -> Config:
+    """The settings run_svi.py will use for this point, checked as it checks them (a one-line ValueError)."""
+    parser = build_parser()
+    parser.raise_errors = True
+    try:
+        args = parser.parse_args([*extra, *point_flags(point), "--out", str(run_dir)])
+        config = config_from_args(args).resolved().validate()
+        check_parts(config)
+    except ValueError as err:
+        raise ValueError(f"point {point_name(point)}: {err}") from None
+    return config
+
+
+def changed_settings(run_dir: Path, config: Config) -> List[str]:
+    """The settings (bookkeeping aside) in which the run saved in ``run_dir`` differs from ``config``."""
+    try:
+        saved = read_run_config(run_dir)
+    except ValueError:
+        return ["config.json"]
+    wanted = config.to_dict()
+    return sorted(k for k in wanted if k not in BOOKKEEPING and saved.get(k) != wanted[k])
+
+
+def run_point(point: Dict[str, str], run_dir: Path, extra: List[str], config: Config) -> Tuple[bool, str]:
+    """Run (or resume, or skip) one point; (succeeded, what happened)."""
+    changed = changed_settings(run_dir, config) if (run_dir / "config.json").exists() else None
+    if changed == [] and (run_dir / "metrics.json").exists():
         return True, "done before"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in point.items()]
-    result = subprocess.run([sys.executable, str(RUN_SVI), *extra, *flags, "--out", str(run_dir), "--overwrite"],
-                            capture_output=True, text=True)
-    return result.returncode == 0, (result.stderr.strip().splitlines() or [""])[-1]
+    if changed == [] and (run_dir / "checkpoint.pt").exists():
+        command, note = ["--resume", str(run_dir)], "resumed"
+    else:
+        command = [*extra, *point_flags(point), "--out", str(run_dir), "--overwrite"]
+        note = f"run again: {', '.join(changed)} changed" if changed else ""
+    result = subprocess.run([sys.executable, str(RUN_SVI), *command], capture_output=True, text=True)
+    last = (result.stderr.strip().splitlines() or [""])[-1]
+    return result.returncode == 0, "; ".join(m for m in (note, last if result.returncode else "") if m)
 
 
 def summarise(run_dir: Path, point: Dict[str, str]) -> Dict[str, object]:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    """A table row from a finished run (a one-line ValueError naming the folder when it is not one)."""
+    if not (run_dir / "metrics.json").is_file():
+        raise ValueError(f"{run_dir} holds no finished run (no metrics.json)")
+    metrics = read_metrics(run_dir / "metrics.json")
     config = config_from_run(run_dir, unknown="warn")
     row: Dict[str, object] = {"run": run_dir.name, **point}
     row.update({k: metrics.get(k, "") for k in COLUMNS if k != "seconds_per_epoch"})
-    row["seconds_per_epoch"] = metrics["train_seconds"] / max(1, config.epochs)
+    row["seconds_per_epoch"] = metrics.get("train_seconds", float("nan")) / max(1, config.epochs)
     return row
 
 
@@ -102,22 +146,37 @@ def plot(rows: List[Dict[str, object]], out: Path, x_key: str = "linear_probe_ba
 
 
 def main(args) -> List[Dict[str, object]]:
+    """Check every point and reference, run the points, tabulate; ValueError for bad input, SystemExit(1) when a
+    point failed (after the table of the others is written)."""
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder for the sweep")
+    taken = [flag for flag in args.run_args for key in SET_BY_SWEEP
+             if flag.split("=")[0] in (f"--{key}", f"--no-{key}")]
+    if taken:
+        raise ValueError(f"the sweep sets --out and --overwrite of each run itself; drop {', '.join(taken)} after --")
     points = grid_points(args.grid)
+    configs = [point_config(point, args.run_args, out / point_name(point)) for point in points]
+    references = [summarise(Path(r), {}) | {"run": f"reference:{Path(r).name}"} for r in args.reference]
+    out.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for p in points for k in p))
-    rows = []
-    for i, point in enumerate(points, 1):
+    rows, failed = [], []
+    for i, (point, config) in enumerate(zip(points, configs), 1):
         run_dir = out / point_name(point)
-        ok, message = run_point(point, run_dir, args.run_args)
-        print(f"[{i}/{len(points)}] {point_name(point)}: {'ok' if ok else 'FAILED'} {message}", flush=True)
+        ok, message = run_point(point, run_dir, args.run_args, config)
+        print(f"[{i}/{len(points)}] {point_name(point)}: {'ok' if ok else 'FAILED'} {message}".rstrip(), flush=True)
         if ok:
             rows.append(summarise(run_dir, point))
-    for reference in args.reference:
-        rows.append(summarise(Path(reference), {}) | {"run": f"reference:{Path(reference).name}"})
+        else:
+            failed.append(point_name(point))
+    rows += references
     write_table(rows, keys, out)
-    plot(rows, out)
+    if rows:
+        plot(rows, out)
     print((out / "results.md").read_text())
+    if failed:
+        print(f"error: {len(failed)} of {len(points)} points failed: {', '.join(failed)}", file=sys.stderr)
+        raise SystemExit(1)
     return rows
 
 
@@ -125,7 +184,7 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     run_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder of the sweep (one subfolder per run)")
     parser.add_argument("--grid", action="append", default=[], help="an axis KEY=V1,V2 (repeatable)")
     parser.add_argument("--reference", action="append", default=[], help="finished run folders to add to the table")
@@ -135,4 +194,7 @@ if __name__ == "__main__":
         main(parsed)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,7 @@
 """Atomic checkpoints (temporary file, flush, fsync, rename) and safe loading (``weights_only=True``)."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 import sys
@@ -22,18 +23,63 @@ class CheckpointError(RuntimeError):
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` so that a crash at any moment leaves either the old or the new file."""
     path = Path(path)
+    os.replace(_write_beside(state, path), path)
+    _fsync_folder(path.parent)
+
+
+def _write_beside(state: Dict[str, Any], path: Path) -> Path:
+    """``state`` written, flushed and fsynced to a temporary file in ``path``'s folder; returns its path (removed
+    again when the write fails)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            writer = _Writer(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is not None:  # torch reports a failed write as "unexpected pos ..."
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return Path(tmp)
+
+
+class _Writer:
+    """A binary file for ``torch.save`` that remembers the OSError of a failed write (ENOSPC, EFBIG), which torch
+    itself reports only as a position mismatch."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
@@ -44,8 +90,18 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling refused, truncated zip, corrupt bytes
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"refusing checkpoint {path}: {reason[:300]}") from None
+        raise CheckpointError(f"refusing checkpoint {path}: {_load_failure(err)}") from None
+
+
+def _load_failure(err: BaseException) -> str:
+    """The gist of torch.load's (many-line) error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].startswith("Weights only load failed"):
+        detail = next((line for line in lines[1:] if "GLOBAL" in line or "global" in line), "")
+        return "loading it would run code, not only read tensors" + (f" ({detail.rstrip('.')})" if detail else "")
+    return lines[0].split(". ")[0][:300]
 
 
 # ---------------------------------------------------------------- full training state
@@ -120,20 +176,78 @@ def restore_training_state(state: Dict[str, Any], system, trainer, seed: int):
 
 
 def save_checkpoint(state: Dict[str, Any], path: Path) -> None:
-    """Atomic save; the checkpoint it replaces is kept as ``*.prev.pt`` (the last good one survives a bad write)."""
+    """Save so that the last good checkpoint survives any failure: the new file is written and fsynced beside
+    ``path`` first (a full disk stops here, with nothing touched: a CheckpointError names the folder and the
+    checkpoint kept); then the current ``path`` becomes ``*.prev.pt`` only if it loads (a damaged one is replaced,
+    never rotated over a good previous one); then the new file takes its place."""
     path = Path(path)
-    if path.exists():
-        os.replace(path, path.with_suffix(".prev.pt"))
-    save_atomic(state, path)
+    previous = path.with_suffix(".prev.pt")
+    try:
+        tmp = _write_beside(state, path)
+    except (OSError, RuntimeError) as err:  # ENOSPC, EFBIG (ulimit -f), torch's "file write failed"
+        kept = next((str(p) for p in (path, previous) if _loads(p)), None)
+        raise CheckpointError(f"could not write a checkpoint in {path.parent}: {_write_failure(err)}; "
+                              + (f"the last good checkpoint, {kept}, is kept" if kept else
+                                 "there is no earlier checkpoint")) from None
+    if _loads(path):
+        os.replace(path, previous)
+    os.replace(tmp, path)
+    _fsync_folder(path.parent)
+
+
+def _write_failure(err: BaseException) -> str:
+    hints = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+             errno.EFBIG: "the file-size limit (ulimit -f) is reached"}
+    if isinstance(err, OSError) and err.errno in hints:
+        return hints[err.errno]
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[0][:200]
+
+
+def _loads(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint that loads (unpickled with ``weights_only``; tensors memory-mapped, not
+    read, so the check is cheap even for large models)."""
+    if not Path(path).is_file():
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return True
+
+
+# what ``training_state`` writes and ``restore_training_state`` needs
+TRAINING_KEYS = ("system", "optimizer", "scheduler", "step", "epoch", "step_in_epoch", "elapsed", "config")
+
+
+def check_training_state(state: Any, path: Path) -> Dict[str, Any]:
+    """``state`` if it is a training checkpoint (``training_state``'s keys, RNG states), else a CheckpointError
+    naming ``path`` and what is missing."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a training checkpoint: it holds a {type(state).__name__}, not the "
+                              f"dictionary training_state writes")
+    missing = [k for k in TRAINING_KEYS if k not in state] + ([] if "rng_ranks" in state or "rng" in state
+                                                              else ["rng_ranks"])
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint of this code: it lacks {', '.join(missing)}")
+    if not isinstance(state["system"], dict) or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is not a training checkpoint: its system and config are not dictionaries")
+    return state
 
 
 def load_latest(run_dir: Path) -> Dict[str, Any]:
-    """The newest loadable checkpoint of a run: ``checkpoint.pt``, else ``checkpoint.prev.pt`` (with a warning)."""
+    """The newest usable training checkpoint of a run: ``checkpoint.pt``, else ``checkpoint.prev.pt`` (with a
+    warning from rank 0). Neither usable: a CheckpointError naming both reasons."""
     latest, previous = Path(run_dir) / "checkpoint.pt", Path(run_dir) / "checkpoint.prev.pt"
     try:
-        return load_checkpoint(latest)
+        return check_training_state(load_checkpoint(latest), latest)
     except CheckpointError as err:
         if not previous.exists():
             raise
-        print(f"warning: {err}; resuming from {previous}", file=sys.stderr)
-        return load_checkpoint(previous)
+        first = err
+    try:
+        state = check_training_state(load_checkpoint(previous), previous)
+    except CheckpointError as err:
+        raise CheckpointError(f"no usable checkpoint in {run_dir}: {first}; {err}") from None
+    if distributed.is_main():
+        print(f"warning: {first}; resuming from {previous}", file=sys.stderr)
+    return state

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
+import math
+import re
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -27,10 +30,17 @@ METHODS: Dict[str, Dict[str, str]] = {
     "simlap": dict(prior="none", guide="none", likelihood="simlap", non_neg="none"),
     "bcl": dict(prior="none", guide="none", likelihood="bcl", non_neg="none"),
 }
+AMP_MODES = ("none", "bf16")
 
 
 def _opt(help: str, **kw) -> Any:
-    """A dataclass field with its command-line help (and optional argparse extras in ``kw``)."""
+    """A dataclass field with its command-line help and its constraint, checked for every source of settings
+    (command line, preset, a run's config.json) by ``check_setting``. The type is the annotation (``Optional``:
+    None allowed). Constraint keywords: ``ge``/``gt``/``le``/``lt`` (bounds of a number), ``choices`` (a tuple of
+    allowed values, or ``"module:REGISTRY"``: the names registered there), ``pattern`` ((regular expression, what
+    it means)), ``why`` (said after a bound or a choice), ``noun`` (the word for a choice), ``preset=False``
+    (bookkeeping a preset may not set: where results go, which device). Adding a setting with its constraint is
+    one line here; every check, message and ``--help`` entry follows from it."""
     default = kw.pop("default")
     return field(default=default, metadata=dict(help=help, **kw))
 
@@ -38,135 +48,232 @@ def _opt(help: str, **kw) -> Any:
 @dataclass
 class Config:
     # data
-    dataset: str = _opt("dataset name", default="fashion-mnist")
+    dataset: str = _opt("dataset name", default="fashion-mnist", choices="pyro_ncl.data:DATASETS")
     data_root: Optional[str] = _opt("dataset folder (default: the dataset's usual place, e.g. "
-                                    f"{DEFAULT_FASHION_MNIST_ROOT} for fashion-mnist)", default=None)
-    subset: Optional[int] = _opt("train on the first N training images only", default=None)
-    num_workers: int = _opt("data-loader worker processes (file-based datasets)", default=0)
-    image_size: Optional[int] = _opt("imagenet100: crop size in px (evaluation resizes to size·256/224)", default=None)
-    download: bool = _opt("cifar10/cifar100/stl10: download into --data-root first (only when asked)", default=False)
+                                    f"{DEFAULT_FASHION_MNIST_ROOT} for fashion-mnist)", default=None, preset=False)
+    subset: Optional[int] = _opt("train on the first N training images only", default=None, ge=2)
+    num_workers: int = _opt("data-loader worker processes (file-based datasets)", default=0, ge=0)
+    image_size: Optional[int] = _opt("imagenet100: crop size in px (evaluation resizes to size·256/224)", default=None,
+                                     ge=8)
+    download: bool = _opt("cifar10/cifar100/stl10: download into --data-root first (only when asked)", default=False,
+                          preset=False)
     skip_bad_images: bool = _opt("file datasets: skip and count unreadable images instead of stopping", default=False)
     gpu_augment: bool = _opt("imagenet100: crop in the loader workers, colour jitter/grayscale/blur in batches on the "
                              "training device (GPU)", default=False)
     spurious_correlation: Optional[float] = _opt("scenes: probability that an image's background is its class's "
-                                                 "own (0: independent)", default=None)
+                                                 "own (0: independent)", default=None, ge=0, le=1)
     # method: a preset of part names, each overridable
-    method: str = _opt("method preset: a row of (prior, guide, likelihood, non-negativity)", default="bayesncl")
+    method: str = _opt("method preset: a row of (prior, guide, likelihood, non-negativity)", default="bayesncl",
+                       choices=tuple(METHODS))
     prior: Optional[str] = _opt("gate prior (default: the method's; `rate` is a penalty on each dimension's open "
-                                "rate, not part of an ELBO)", default=None)
+                                "rate, not part of an ELBO)", default=None, choices="models:PRIORS")
     guide: Optional[str] = _opt("gate guide (default: the method's): relaxed_st (exact Bernoulli draw, straight-through "
                                 "gradient), relaxed_soft (Concrete masks, with --prior concrete), bernoulli (score "
                                 "function, --baseline), disarm (exact Bernoulli, DisARM gradients, no relaxation), "
                                 "deterministic (the authors' point estimate), global (one gate for all images), "
                                 "image (one gate per image), value and relative (value-aware gates reading z), topk "
                                 "(a point mass on each view's top-k entries of z)",
-                                default=None)
-    likelihood: Optional[str] = _opt("contrastive likelihood (default: the method's)", default=None)
-    non_neg: Optional[str] = _opt("non-negativity of z (default: the method's)", default=None)
+                                default=None, choices="guides:GUIDES")
+    likelihood: Optional[str] = _opt("contrastive likelihood (default: the method's)", default=None,
+                                     choices="pyro_ncl.likelihoods:LIKELIHOODS")
+    non_neg: Optional[str] = _opt("non-negativity of z (default: the method's)", default=None,
+                                  choices="pyro_ncl.encoders:NON_NEGATIVITY")
     # encoder
-    backbone: str = _opt("backbone network", default="small_resnet")
-    width: int = _opt("base width of small_resnet (features = 8·width)", default=16)
+    backbone: str = _opt("backbone network", default="small_resnet", choices="pyro_ncl.encoders:BACKBONES")
+    width: int = _opt("base width of small_resnet (features = 8·width)", default=16, ge=1)
     cifar_stem: bool = _opt("torchvision ResNets: 3×3 stride-1 stem without max-pool (for 28–96 px)", default=True)
-    hidden_dim: int = _opt("hidden width of the projector and the gate head", default=512)
-    feature_dim: int = _opt("dimension K of z and of the gate", default=128)
+    hidden_dim: int = _opt("hidden width of the projector and the gate head", default=512, ge=1)
+    feature_dim: int = _opt("dimension K of z and of the gate", default=128, ge=1)
     # objective
-    temperature: float = _opt("NT-Xent temperature τ", default=0.2)
-    prior_prob: float = _opt("π of the Bernoulli gate prior (open probability)", default=0.8)
+    temperature: float = _opt("NT-Xent temperature τ", default=0.2, gt=0)
+    prior_prob: float = _opt("π of the Bernoulli gate prior (open probability)", default=0.8, gt=0, lt=1)
     kl_weight: float = _opt("β: weight of the gate KL per view, relative to the mean contrastive loss (0: no gate "
-                            "term, the gate still sampled)",
-                            default=3e-5)
-    gate_temperature: float = _opt("temperature T of the relaxed gate sample", default=1.0)
+                            "term, the gate still sampled)", default=3e-5, ge=0)
+    gate_temperature: float = _opt("temperature T of the relaxed gate sample", default=1.0, gt=0)
     beta_concentration: float = _opt("beta_bernoulli prior: concentration c of the Beta(cπ, c(1 − π)) hyperprior",
-                                     default=2.0)
+                                     default=2.0, gt=0)
     baseline: str = _opt("bernoulli (score-function) guide: variance-reduction baseline: none | decaying | neural",
-                         default="decaying")
+                         default="decaying", choices=("none", "decaying", "neural"))
     gate_grad_to_backbone: bool = _opt("let gate-head gradients reach the backbone (authors: off)", default=False)
     topk: Optional[int] = _opt("topk guide: entries of z each view keeps (at the end of the curriculum and at "
-                               "test time), at least 2; default K/32 rounded, at least 2 (4 of --feature-dim 128)", default=None)
+                               "test time); default K/32 rounded, at least 2 (4 of --feature-dim 128)", default=None,
+                               ge=2, why="one kept entry leaves a one-hot feature with no gradient")
     topk_anneal_epochs: Optional[float] = _opt("topk guide: epochs over which k falls linearly from K to --topk "
-                                               "(default: 40%% of --epochs)", default=None)
+                                               "(default: 40%% of --epochs)", default=None, ge=0)
     kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "
-                                   "(0: the full weight from the first step)", default=0.0)
+                                   "(0: the full weight from the first step)", default=0.0, ge=0)
     test_gate: str = _opt("gated methods' evaluated features: mode (the hard gate 1[logit > 0]) | mean (the "
-                          "posterior open probability as a weight)", default="mode")
+                          "posterior open probability as a weight)", default="mode", choices=("mode", "mean"),
+                          noun="test-time gate")
     # likelihood-specific settings
-    bcl_alpha: float = _opt("BCL: location α ∈ [0.5, 1] (debiases false negatives)", default=0.9)
-    bcl_beta: float = _opt("BCL: concentration β ∈ [0.5, 1] (hardness; 0.5 = unbiased weights)", default=0.5)
-    bcl_class_prior: float = _opt("BCL: class prior τ⁺ (probability that a negative shares the class)", default=0.1)
-    tricl_decorrelation: float = _opt("triCL: weight of the decorrelation penalty mean((ZᵀZ/N − I)²)", default=1.0)
+    bcl_alpha: float = _opt("BCL: location α ∈ [0.5, 1] (debiases false negatives)", default=0.9, ge=0.5, le=1)
+    bcl_beta: float = _opt("BCL: concentration β ∈ [0.5, 1] (hardness; 0.5 = unbiased weights)", default=0.5,
+                           ge=0.5, le=1)
+    bcl_class_prior: float = _opt("BCL: class prior τ⁺ (probability that a negative shares the class)", default=0.1,
+                                  gt=0, lt=1)
+    tricl_decorrelation: float = _opt("triCL: weight of the decorrelation penalty mean((ZᵀZ/N − I)²)", default=1.0,
+                                      ge=0)
     simlap_gate_penalty: float = _opt("SimLAP: weight of the gate penalty mean(g(1 − g)) pushing gates to 0/1",
-                                      default=0.1)
+                                      default=0.1, ge=0)
     # optimisation
-    epochs: int = _opt("training epochs", default=5)
-    batch_size: int = _opt("images per batch (2× views)", default=256)
-    lr: float = _opt("SGD learning rate of the encoder", default=0.05)
-    gate_lr: float = _opt("SGD learning rate of the gate head", default=0.1)
-    momentum: float = _opt("SGD momentum", default=0.9)
-    weight_decay: float = _opt("SGD weight decay", default=1e-4)
-    warmup_epochs: float = _opt("linear warm-up length (epochs) before the cosine decay", default=0.5)
-    seed: int = _opt("random seed", default=0)
-    device: str = _opt("auto | cpu | cuda | cuda:N", default="auto")
+    epochs: int = _opt("training epochs", default=5, ge=1)
+    batch_size: int = _opt("images per batch (2× views)", default=256, ge=2,
+                           why="each image's views need negatives")
+    lr: float = _opt("SGD learning rate of the encoder", default=0.05, gt=0)
+    gate_lr: float = _opt("SGD learning rate of the gate head", default=0.1, gt=0)
+    momentum: float = _opt("SGD momentum", default=0.9, ge=0, lt=1)
+    weight_decay: float = _opt("SGD weight decay", default=1e-4, ge=0)
+    warmup_epochs: float = _opt("linear warm-up length (epochs) before the cosine decay", default=0.5, ge=0)
+    seed: int = _opt("random seed", default=0, ge=0, le=2 ** 32 - 1)
+    device: str = _opt("auto | cpu | cuda | cuda:N", default="auto", preset=False,
+                       pattern=(r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N"))
     # speed (the objective is unchanged; see README "Multiple GPUs / processes" for torchrun)
     amp: str = _opt("mixed precision of the encoder: none | bf16 (autocast of the encoder only; the gate head, "
                     "the distributions and the loss stay fp32; allowed on the CPU too, where it is rarely faster)",
-                    default="none")
+                    default="none", choices=AMP_MODES, noun="mixed-precision mode",
+                    why="fp16 would need loss scaling, which this trainer does not do")
     channels_last: bool = _opt("channels-last memory format for the encoder's images and weights", default=False)
     compile: bool = _opt("torch.compile the encoder (needs a C++ compiler on the CPU; the first steps are slow)",
                          default=False)
     # evaluation and output
     eval_subset: Optional[int] = _opt("evaluate on the first N images of each split only (quick checks)",
-                                      default=None)
-    probe_epochs: int = _opt("epochs of the linear probes at the end", default=30)
-    knn_k: int = _opt("neighbours of the kNN classifier", default=20)
-    eval_batch_size: int = _opt("batch size for feature extraction", default=1024)
-    log_every: int = _opt("write a CSV log row every N steps", default=10)
-    checkpoint_every: int = _opt("also checkpoint every N steps (0: only at each epoch's end)", default=100)
-    out: str = _opt("output folder of the run", default="runs/default")
-    overwrite: bool = _opt("replace the outputs of an earlier run in --out", default=False)
+                                      default=None, ge=1)
+    probe_epochs: int = _opt("epochs of the linear probes at the end", default=30, ge=1)
+    knn_k: int = _opt("neighbours of the kNN classifier", default=20, ge=1)
+    eval_batch_size: int = _opt("batch size for feature extraction", default=1024, ge=1)
+    log_every: int = _opt("write a CSV log row every N steps", default=10, ge=1)
+    checkpoint_every: int = _opt("also checkpoint every N steps (0: only at each epoch's end)", default=100, ge=0)
+    out: str = _opt("output folder of the run", default="runs/default", preset=False)
+    overwrite: bool = _opt("replace the outputs of an earlier run in --out", default=False, preset=False)
     resume: Optional[str] = _opt("continue the run in this folder from its last checkpoint, exactly as if never "
-                                 "stopped (its own settings are used)", default=None)
+                                 "stopped (its own settings are used)", default=None, preset=False)
 
     def resolved(self) -> "Config":
         """Fill prior/guide/likelihood/non_neg from the method preset where not given."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; expected one of: {', '.join(sorted(METHODS))}")
+        check_setting("method", self.method)
         parts = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in METHODS[self.method].items()}
         return dataclasses.replace(self, **parts)
 
     def validate(self) -> "Config":
-        """One-line errors for values no part could accept."""
-        checks = [(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-                  (self.batch_size >= 2, f"--batch-size must be at least 2 (each image's views need negatives), "
-                                         f"got {self.batch_size}"),
-                  (self.feature_dim >= 1, f"--feature-dim must be at least 1, got {self.feature_dim}"),
-                  (0.0 < self.prior_prob < 1.0, f"--prior-prob must lie in (0, 1), got {self.prior_prob}"),
-                  (self.temperature > 0, f"--temperature must be > 0, got {self.temperature}"),
-                  (self.gate_temperature > 0, f"--gate-temperature must be > 0, got {self.gate_temperature}"),
-                  (self.kl_weight >= 0, f"--kl-weight must be >= 0, got {self.kl_weight}"),
-                  (self.kl_warmup_epochs >= 0, f"--kl-warmup-epochs must be >= 0, got {self.kl_warmup_epochs}"),
-                  (self.lr > 0 and self.gate_lr > 0, f"learning rates must be > 0, got {self.lr}, {self.gate_lr}"),
-                  (self.subset is None or self.subset >= 2, f"--subset must be at least 2 images, got {self.subset}"),
-                  (self.log_every >= 1, f"--log-every must be at least 1, got {self.log_every}"),
-                  (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        check_amp(self.amp)
+        """Every setting against its field's type and constraint (``check_setting``, named as its ``--flag``),
+        then what settings require of each other. One-line ValueErrors; returns ``self``."""
+        for f in fields(self):
+            check_setting(f.name, getattr(self, f.name))
+        if self.subset is not None and self.batch_size > self.subset:
+            raise ValueError(f"--batch-size {self.batch_size} is larger than --subset {self.subset}")
+        if self.eval_subset is not None and self.knn_k > self.eval_subset:
+            raise ValueError(f"--knn-k {self.knn_k} is larger than --eval-subset {self.eval_subset}: the kNN "
+                             f"classifier needs at least k training images")
+        likelihood = self.likelihood or METHODS.get(self.method, {}).get("likelihood")
+        if likelihood == "bcl" and self.bcl_alpha * (1 - self.bcl_beta) + (1 - self.bcl_alpha) * self.bcl_beta <= 0:
+            raise ValueError(f"--bcl-alpha {self.bcl_alpha} with --bcl-beta {self.bcl_beta}: α(1 − β) + (1 − α)β "
+                             f"must be > 0 (the hardness weights are normalised by it)")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-FIELD_NAMES = {f.name for f in fields(Config)}
-AMP_MODES = ("none", "bf16")
+FIELDS = {f.name: f for f in fields(Config)}
+FIELD_NAMES = set(FIELDS)
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def check_setting(name: str, value: Any, source: Optional[str] = None) -> Any:
+    """``value`` for the setting ``name``, checked against its ``Config`` field: the annotated type (``Optional``:
+    None allowed; an int is taken for a float, a bool is not a number; floats must be finite, strings not empty),
+    then the constraint in the field's metadata (see ``_opt``). Returns the value (an int given for a float as a
+    float). A one-line ValueError names the setting — its ``--flag`` when ``source`` is None (the command line),
+    else ``source: name`` (a preset's or a config.json's path) — what was expected and what was given."""
+    f = FIELDS[name]
+    meta = f.metadata
+    label = f"--{name.replace('_', '-')}" if source is None else f"{source}: {name}"
+    kind, optional = _field_type(f)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{label} must be {_EXPECTED[kind]}, got null")
+    if not (isinstance(value, kind) or (kind is float and isinstance(value, int))) or (
+            kind is not bool and isinstance(value, bool)):
+        hint = (" (YAML reads a number with an exponent but no decimal point as text: write e.g. 3.0e-5)"
+                if source and source.startswith("preset") and isinstance(value, str) and _is_number(value) else "")
+        raise ValueError(f"{label} must be {_EXPECTED[kind]}, got {_shown(value)}{hint}")
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{label} must be a finite number, got {value}")
+    if kind is str and not value.strip():
+        raise ValueError(f"{label} must not be empty")
+    why = f" ({meta['why']})" if "why" in meta else ""
+    bounds = _bounds(meta, kind)
+    if bounds is not None and not bounds[0](value):
+        raise ValueError(f"{label} must {bounds[1]}{why}, got {value}")
+    if "choices" in meta:
+        noun, names = _choices(name, meta["choices"])
+        noun = meta.get("noun", noun)
+        if value not in names:
+            raise ValueError(f"{label}: unknown {noun} {value!r}; expected one of: {', '.join(names)}{why}")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"][0], value):
+        raise ValueError(f"{label} must be {meta['pattern'][1]}, got {value!r}")
+    return value
+
+
+def _field_type(f) -> Tuple[type, bool]:
+    """(int | float | bool | str, whether None is allowed) from the field's annotation."""
+    text = str(f.type).replace("typing.", "")
+    optional = text.startswith("Optional[") or text.endswith("| None")
+    base = text[len("Optional["):-1] if text.startswith("Optional[") else text.replace("| None", "").strip()
+    return _KINDS[base], optional
+
+
+def _bounds(meta: Dict[str, Any], kind: type) -> Optional[Tuple[Callable[[Any], bool], str]]:
+    """(test, "lie in (0, 1)" / "be at least 1" / "be > 0" ...) for the bounds in ``meta``, or None."""
+    low = next(((op, meta[op]) for op in ("ge", "gt") if op in meta), (None, None))
+    high = next(((op, meta[op]) for op in ("le", "lt") if op in meta), (None, None))
+    if low[0] is None and high[0] is None:
+        return None
+    tests = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b, "lt": lambda v, b: v < b}
+    test = lambda v: all(tests[op](v, b) for op, b in (low, high) if op is not None)  # noqa: E731
+    if low[0] and high[0]:
+        return test, (f"lie in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}")
+    op, bound = low if low[0] else high
+    words = {"ge": "be at least" if kind is int else "be >=", "gt": "be >", "le": "be at most" if kind is int
+             else "be <=", "lt": "be <"}
+    return test, f"{words[op]} {bound}"
+
+
+def _choices(name: str, choices) -> Tuple[str, List[str]]:
+    """(noun, allowed names): a tuple as given, or ``"module:REGISTRY"``: that registry's names (imported on use,
+    so that this module imports none of the parts)."""
+    if isinstance(choices, str):
+        module, attr = choices.split(":")
+        registry = getattr(importlib.import_module(module), attr)
+        return registry.kind, registry.names()
+    return name.replace("_", " "), list(choices)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return f"a {type(value).__name__} ({json.dumps(value, default=str)[:60]})"
 
 
 def check_amp(amp: str) -> None:
     """The one check of ``--amp`` (``Config.validate`` before a run, ``system.accelerate`` for direct calls)."""
-    if amp not in AMP_MODES:
-        raise ValueError(f"--amp must be none or bf16, got {amp!r} (fp16 would need loss scaling, which this "
-                         f"trainer does not do)")
+    check_setting("amp", amp)
 
 
 DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation")
@@ -198,20 +305,53 @@ def load_preset(name_or_path: str) -> Dict[str, Any]:
     if unknown:
         raise ValueError(f"preset {path} has unknown settings: {', '.join(unknown)}")
     values.pop("description", None)
-    return values
+    placed = sorted(k for k in values if not FIELDS[k].metadata.get("preset", True))
+    if placed:
+        raise ValueError(f"preset {path} sets {', '.join(placed)}: a preset holds settings of the method, not where "
+                         f"results go or what runs them; pass " + ", ".join("--" + k.replace("_", "-") for k in placed)
+                         + " on the command line")
+    return {k: check_setting(k, v, f"preset {path}") for k, v in values.items()}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (``error: ...``) with exit status 2, no usage;
+    with ``raise_errors`` set, a ValueError instead (to check a command line without running it)."""
+
+    raise_errors = False
+
+    def error(self, message: str):
+        if self.raise_errors:
+            raise ValueError(message)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def int_at_least(low: int, high: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in [low, high] (a one-line parser error naming the flag otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" if high is None
+                                             else f"must lie in [{low}, {high}], got {value}")
+        return value
+    return parse
 
 
 def build_parser(choices: Optional[Dict[str, list]] = None, description: str = "") -> argparse.ArgumentParser:
-    """argparse from the Config fields: ``--kebab-case`` flags, booleans as ``--flag/--no-flag``; ``choices`` maps
-    field names to the registered names listed in ``--help``. Defaults are None so that explicit flags are known."""
-    parser = argparse.ArgumentParser(description=description)
+    """argparse from the Config fields: ``--kebab-case`` flags, booleans as ``--flag/--no-flag``; ``--help`` lists
+    each field's choices (registered names; ``choices`` maps field names to other lists). Defaults are None so that
+    explicit flags are known; the values are checked by ``Config.validate``."""
+    parser = OneLineParser(description=description)
     parser.add_argument("--preset", default=None, help="YAML of settings from experiments/presets/ (name or path)")
     choices = choices or {}
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"]
-        if f.name in choices:
-            help_text += f"; one of: {', '.join(choices[f.name])}"
+        names = choices.get(f.name) or (_choices(f.name, f.metadata["choices"])[1] if "choices" in f.metadata else None)
+        if names:
+            help_text += f"; one of: {', '.join(names)}"
         help_text += f" (default: {f.default})"
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -233,18 +373,27 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def read_run_config(run_dir: Path) -> Dict[str, Any]:
     """The settings a run saved in its ``config.json``; a one-line ValueError when missing or unparsable."""
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"{run_dir} is not a folder (expected a run folder holding config.json)")
     try:
-        return json.loads(path.read_text())
+        values = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} does not parse ({err.msg} at line {err.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f" ({err.msg} at line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
+        raise ValueError(f"{path} does not parse as JSON{where}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of setting: value, got {type(values).__name__}")
+    return values
 
 
 def config_from_run(run_dir: Path, unknown: str = "raise", label: Optional[str] = None) -> Config:
-    """The ``Config`` a run saved in its ``config.json`` (not resolved). Settings this version does not know:
-    ``unknown="raise"``: a one-line ValueError (naming the run as ``label``, default its folder); ``"warn"``: a
-    warning, and they are left out (e.g. a run written by another version of the code)."""
+    """The ``Config`` a run saved in its ``config.json`` (not resolved), every value checked (``check_setting``,
+    errors name the file and the key). Settings this version does not know: ``unknown="raise"``: a one-line
+    ValueError (naming the run as ``label``, default its folder); ``"warn"``: a warning, and they are left out
+    (e.g. a run written by another version of the code)."""
     if unknown not in ("raise", "warn"):
         raise ValueError(f"unknown must be 'raise' or 'warn', got {unknown!r}")
     values = read_run_config(run_dir)
@@ -253,7 +402,8 @@ def config_from_run(run_dir: Path, unknown: str = "raise", label: Optional[str] 
         raise ValueError(f"{label or run_dir}: config.json has unknown settings {', '.join(extra)}")
     if extra:
         warnings.warn(f"{Path(run_dir) / 'config.json'}: ignoring unknown settings {', '.join(extra)}", stacklevel=2)
-    return Config(**{k: v for k, v in values.items() if k in FIELD_NAMES})
+    path = Path(run_dir) / "config.json"
+    return Config(**{k: check_setting(k, v, str(path)) for k, v in values.items() if k in FIELD_NAMES})
 
 
 def save_config(config: Config, path: Path) -> None:

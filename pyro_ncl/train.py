@@ -57,12 +57,20 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class Stopped(RuntimeError):
+    """Training stopped on request (``should_stop``: SIGTERM) after writing a checkpoint."""
+
+
 class SVITrainer:
     """One SVI step: encode both views once, ``loss_and_grads`` of the model/guide scaled to a per-view objective
-    (the ELBO divided by the 2N views of the dataset), an optimiser step and a schedule step."""
+    (the ELBO divided by the 2N views of the dataset), an optimiser step and a schedule step. ``should_stop``:
+    polled each step; ``stop_requested`` is then True on every process as soon as one was asked to stop (the flag
+    rides on the gradient all-reduce, so all processes stop after the same step)."""
 
-    def __init__(self, system: ContrastiveSystem, config: Config, steps_per_epoch: int):
+    def __init__(self, system: ContrastiveSystem, config: Config, steps_per_epoch: int,
+                 should_stop: Optional[Callable[[], bool]] = None):
         self.system, self.config = system, config
+        self.should_stop, self.stop_requested = should_stop or (lambda: False), False
         self.elbo = system.guide.make_elbo()  # TraceGraph_ELBO unless the guide brings its own estimator
         self.optimizer = torch.optim.SGD(system.parameter_groups(config.lr, config.gate_lr, config.weight_decay),
                                          momentum=config.momentum)
@@ -91,7 +99,11 @@ class SVITrainer:
         model, guide = self.objective(batch)
         loss = self.elbo.loss_and_grads(model, guide, batch)
         if self.world_size > 1:
-            loss, self._reduced_stats = distributed.average_gradients(self._params, loss, self.system.step_values())
+            values = dict(self.system.step_values(), stop_requested=float(self.should_stop()))
+            loss, self._reduced_stats = distributed.average_gradients(self._params, loss, values)
+            self.stop_requested = self._reduced_stats.pop("stop_requested") > 0
+        else:
+            self.stop_requested = self.should_stop()
         return loss
 
     def step_stats(self) -> Dict[str, float]:
@@ -131,13 +143,15 @@ def _truncate_log(path: Path, last_step: int) -> None:
 
 
 def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: Path, device: torch.device,
-          resume: Optional[dict] = None, progress: bool = True) -> Dict[str, float]:
+          resume: Optional[dict] = None, progress: bool = True,
+          should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
     """Train for ``config.epochs``; write ``log.csv`` (a row every ``log_every`` steps) and ``checkpoint.pt``
     (every ``checkpoint_every`` steps and at each epoch's end, atomically, the previous one kept as
     ``checkpoint.prev.pt``). ``resume``: a state from ``checkpoint.training_state`` to continue from exactly
-    (same batches, same random draws). Returns a summary with the training wall time."""
+    (same batches, same random draws). ``should_stop`` (e.g. SIGTERM received): checkpoint after the current step
+    and raise ``Stopped``. Returns a summary with the training wall time."""
     steps_per_epoch = data.steps_per_epoch(config.batch_size)
-    trainer = SVITrainer(system, config, steps_per_epoch)
+    trainer = SVITrainer(system, config, steps_per_epoch, should_stop)
     rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     epoch, step_in_epoch, elapsed = 0, 0, 0.0
     if resume is not None:
@@ -149,7 +163,10 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
             csv.DictWriter(f, LOG_FIELDS).writeheader()
     start = time.perf_counter() - elapsed
 
+    saved_at = [None]
+
     def checkpoint(epoch_: int, step_: int) -> None:
+        saved_at[0] = trainer.step_count
         rng_ranks = gather_rng_states()  # every process takes part; rank 0 writes
         if main:
             save_checkpoint(training_state(system, trainer, config, epoch_, step_, time.perf_counter() - start,
@@ -184,6 +201,11 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
                 if (config.checkpoint_every and trainer.step_count % config.checkpoint_every == 0
                         and step_in_epoch < steps_per_epoch):  # the epoch's last step: saved just below
                     checkpoint(epoch, step_in_epoch)
+                if trainer.stop_requested:
+                    if saved_at[0] != trainer.step_count:
+                        checkpoint(*((epoch + 1, 0) if step_in_epoch == steps_per_epoch else (epoch, step_in_epoch)))
+                    raise Stopped(f"stopped at step {trainer.step_count} of {config.epochs * steps_per_epoch} "
+                                  f"(epoch {epoch + 1}); checkpoint written: {out_dir / 'checkpoint.pt'}")
             epoch, step_in_epoch = epoch + 1, 0
             checkpoint(epoch, 0)
     return dict(train_seconds=time.perf_counter() - start, steps=trainer.step_count)

@@ -254,8 +254,10 @@ def test_topk_one_entry_is_refused_and_the_default_k_keeps_a_gradient():
     one_hot = safe_normalize(z * torch.zeros_like(z).scatter_(1, z.argmax(1, keepdim=True), 1.0))
     nt_xent(one_hot, 0.5).backward()
     assert float(z.grad.abs().max()) == 0.0
-    with pytest.raises(ValueError, match="--topk must lie in \\[2, --feature-dim 8\\]"):
+    with pytest.raises(ValueError, match="--topk must be at least 2"):
         build_system(Config(guide="topk", topk=1, width=4, hidden_dim=16, feature_dim=8).resolved(), in_channels=1)
+    with pytest.raises(ValueError, match="--topk must lie in \\[2, --feature-dim 8\\]"):
+        build_system(Config(guide="topk", topk=9, width=4, hidden_dim=16, feature_dim=8).resolved(), in_channels=1)
     assert [default_k(K) for K in (2, 8, 64, 128, 256)] == [2, 2, 2, 4, 8]
 
 

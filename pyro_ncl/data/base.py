@@ -130,6 +130,20 @@ class ImageTensors:
     labels: torch.Tensor  # int64 [N]
 
 
+def check_splits(name: str, train: ImageTensors, test: ImageTensors, num_classes: int) -> None:
+    """One-line ValueErrors for splits that would give silently wrong numbers: an empty split, labels outside
+    0..num_classes − 1, test images of another shape (channels, rows, columns) than the training images."""
+    for split, data in (("training", train), ("test", test)):
+        if data.images.shape[0] == 0:
+            raise ValueError(f"{name}: the {split} split holds no images")
+        low, high = int(data.labels.min()), int(data.labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"{name}: {split} labels must lie in 0..{num_classes - 1}, found {low}..{high}")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise ValueError(f"{name}: test images are {tuple(test.images.shape[1:])} (channels, rows, columns) but "
+                         f"training images {tuple(train.images.shape[1:])}; both splits must have one shape")
+
+
 class DataBundle:
     name: str
     num_classes: int
@@ -158,6 +172,7 @@ class InMemoryData(DataBundle):
                  mean: Sequence[float], std: Sequence[float], subset: Optional[int] = None,
                  augment: Optional[BatchAugment] = None):
         self.name, self.num_classes = name, num_classes
+        check_splits(name, train, test, num_classes)
         n = check_subset(subset, train.images.shape[0], name)
         self.train = ImageTensors(train.images[:n], train.labels[:n])
         self.test = test

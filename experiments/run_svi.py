@@ -21,7 +21,7 @@ import pyro
 
 from guides import GUIDES
 from models import PRIORS
-from pyro_ncl import distributed
+from pyro_ncl import backends, distributed
 from pyro_ncl.checkpoint import CheckpointError, load_latest
 from pyro_ncl.config import (METHODS, Config, build_parser, config_from_args, config_from_run, dataset_options,
                              save_config)
@@ -94,6 +94,7 @@ def main(args) -> dict:
     writes config.json, log.csv, checkpoints, metrics.json and loss.png, and evaluates while the others wait."""
     config = (resume_config(args) if args.resume else config_from_args(args)).resolved().validate()
     device = distributed.setup(resolve_device(config.device))
+    config = backends.configure(config, device)  # cuDNN/TF32 settings, auto --gpu-augment (recorded in config.json)
     distributed.check_supported(config, LIKELIHOODS[config.likelihood], GUIDES[config.guide])
     main_process = distributed.is_main()
     data = load_dataset(config.dataset, config.data_root, subset=config.subset, num_workers=config.num_workers,

@@ -39,7 +39,7 @@ class RelaxedSoftGate(GateGuide):
     value_kind = "soft"
 
     def posterior(self, logits):
-        return dist.RelaxedBernoulli(torch.tensor(self.temperature, device=logits.device), logits=logits)
+        return dist.RelaxedBernoulli(torch.full((), self.temperature, device=logits.device), logits=logits)
 
 
 @GUIDES.register("none")

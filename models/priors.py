@@ -126,4 +126,4 @@ class ConcretePrior(GatePrior):
 
     def gate_dist(self, context, num_dims, device):
         probs = torch.full((num_dims,), self.prior_prob, device=device)
-        return dist.RelaxedBernoulli(torch.tensor(self.temperature, device=device), probs=probs)
+        return dist.RelaxedBernoulli(torch.full((), self.temperature, device=device), probs=probs)

@@ -49,8 +49,8 @@ from pyro_ncl.train import SVITrainer, resolve_device
 SYNC_WARNING = "called a synchronizing CUDA operation"
 METHODS = {  # row name: Config overrides (the data: in-memory RGB images)
     "bayesncl": dict(method="bayesncl"),
-    "relaxed_soft + concrete": dict(method="bayesncl", prior="concrete", guide="relaxed_soft"),
-    "deterministic gate": dict(method="bayesncl", guide="deterministic"),
+    "relaxed_soft+concrete": dict(method="bayesncl", prior="concrete", guide="relaxed_soft"),
+    "deterministic": dict(method="bayesncl", guide="deterministic"),
     "beta_bernoulli": dict(method="bayesncl", prior="beta_bernoulli"),
     "ncl": dict(method="ncl"),
     "tricl": dict(method="tricl"),
@@ -200,7 +200,7 @@ def synchronised_batchnorm(system):
 def one_process_group(device: torch.device, tmp: Path) -> None:
     """A process group of one (NCCL on CUDA, gloo on the CPU) in which the data-parallel code path runs."""
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = dict(device_id=device) if device.type == "cuda" else {}
+    kwargs = dict(device_id=torch.device("cuda", torch.cuda.current_device())) if device.type == "cuda" else {}
     dist.init_process_group(backend, init_method=f"file://{tmp / 'store'}", rank=0, world_size=1, **kwargs)
     distributed.is_distributed = lambda: True  # world size 1, but the collectives and the flat all-reduce run
 
@@ -217,7 +217,10 @@ def run(args) -> List[dict]:
     rows = []
     memory = memory_data(n, args.size)
     bayesncl = Config(**small, **METHODS["bayesncl"]).resolved()
-    for name, overrides in METHODS.items():
+    for name in args.methods.split(","):
+        if name not in METHODS:
+            raise SystemExit(f"--methods: unknown {name!r}; expected some of: {', '.join(METHODS)}")
+        overrides = METHODS[name]
         rows.append(dict(path=f"in-memory data, {name}",
                          **count(device, memory, Config(**small, **overrides).resolved(), args.warmup, args.steps)))
     rows.append(dict(path="STL-10 (labelled + unlabeled pool), bayesncl",
@@ -253,6 +256,8 @@ def report(rows: List[dict], device: torch.device) -> bool:
         ok &= good
         print(f"| {row['path']:<78} | {row['data']:4.1f} | {row['step']:4.1f} | {'yes' if good else 'NO':<2} |")
     print("expected: 0 for the data, 1 for the step (the ELBO's value)")
+    print(f"syncs per step: data at most {max(r['data'] for r in rows):g}, step at most "
+          f"{max(r['step'] for r in rows):g} ({len(rows)} paths)")
     return ok
 
 
@@ -264,6 +269,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=8, help="small_resnet width (CPU; CUDA uses resnet18)")
     p.add_argument("--hidden-dim", type=int, default=64)
     p.add_argument("--feature-dim", type=int, default=32)
+    p.add_argument("--methods", default=",".join(METHODS), help="rows of in-memory data, by name (comma-separated)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="loader workers of the folder rows (at least 1: the "

@@ -42,7 +42,8 @@ def plain_step(system: ContrastiveSystem, config: Config, optimizer, x1, x2) -> 
         logits = system.guide.logits(h)
         gate = StraightThroughBernoulli(logits, config.gate_temperature).rsample()
         features = safe_normalize(features * gate)
-        loss = config.kl_weight * bernoulli_kl(logits, torch.tensor(config.prior_prob)).sum(-1).mean()
+        prior = torch.full((), config.prior_prob, device=logits.device)  # a fill on the device: no host copy
+        loss = config.kl_weight * bernoulli_kl(logits, prior).sum(-1).mean()
     loss = loss + nt_xent(features, config.temperature)
     loss.backward()
     optimizer.step()

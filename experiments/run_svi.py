@@ -21,7 +21,7 @@ from typing import Optional
 
 import pyro
 
-from pyro_ncl import distributed
+from pyro_ncl import backends, distributed
 from pyro_ncl.checkpoint import CheckpointError, load_latest
 from pyro_ncl.config import Config, build_parser, config_from_args, config_from_run, dataset_options, save_config
 from pyro_ncl.data import DatasetNotFound, load_dataset
@@ -108,6 +108,7 @@ def main(args) -> dict:
     checkpoints, metrics.json and loss.png, and evaluates while the others wait."""
     config = settings(args)
     with Runtime(config) as rt:
+        config = backends.configure(config, rt.device)  # cuDNN/TF32, auto workers and --gpu-augment (in config.json)
         data = open_data(config)
         rt.seed()
         system = rt.replicate(build_system(config, data.in_channels, data.num_classes, rt.device))

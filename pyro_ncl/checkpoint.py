@@ -83,7 +83,9 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
-    """Load with ``weights_only=True``: tensors and plain containers only, never code."""
+    """Load with ``weights_only=True``: tensors and plain containers only, never code. Onto the CPU by default:
+    the RNG states must be CPU tensors, and ``restore_training_state`` puts everything else on the device of the
+    parameters it restores into (so a checkpoint of one GPU loads on another, or without one)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -121,8 +123,22 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        _set_cuda_rng_states(state.get("cuda"))
+
+
+def _set_cuda_rng_states(states) -> None:
+    """The saved CUDA generator states, one per GPU the saving process saw, restored for the first
+    min(saved, visible) GPUs (a run of 4 GPUs resumed where 2 are visible, or the reverse); a note on stderr says
+    when the counts differ, since the GPUs beyond them continue from their seeds instead."""
+    states, visible = list(states or []), torch.cuda.device_count()
+    for device, state in enumerate(states[:visible]):
+        torch.cuda.set_rng_state(state, device)
+    if len(states) != visible and distributed.is_main():
+        restored = f"restored for cuda:0..cuda:{min(len(states), visible) - 1}" if states else "none restored"
+        print(f"note: the checkpoint holds the CUDA random states of {len(states)} GPU(s), {visible} visible now: "
+              f"{restored}; gate noise drawn on the other GPUs continues from the seed, not from the checkpoint",
+              file=sys.stderr)
 
 
 def _as_tuple(value):
@@ -152,7 +168,8 @@ def restore_training_state(state: Dict[str, Any], system, trainer, seed: int):
     """Inverse of ``training_state``; returns (epoch, step_in_epoch, elapsed seconds). Each process continues its
     own random stream, ``rng_ranks[rank]``. A checkpoint of another number of processes gives the same batches but
     other gate noise (a warning says so): one process takes rank 0's stream, several are seeded afresh per rank
-    (from ``seed`` and the step)."""
+    (from ``seed`` and the step). Tensors kept outside the modules (Pyro's params, e.g. the decaying-average
+    baseline of ``--guide bernoulli``) go to the device of the system's parameters."""
     try:
         system.load_state_dict(state["system"])
     except RuntimeError as err:
@@ -160,9 +177,9 @@ def restore_training_state(state: Dict[str, Any], system, trainer, seed: int):
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.step_count = state["step"]
-    store = pyro.get_param_store()
+    store, device = pyro.get_param_store(), next(system.parameters()).device
     for name, value in state.get("pyro_params", {}).items():
-        store[name] = value
+        store[name] = value.to(device)
     rng_ranks = state["rng_ranks"] if "rng_ranks" in state else [state["rng"]]  # older one-process checkpoints
     world_size = distributed.world_size()
     if len(rng_ranks) == world_size or world_size == 1:

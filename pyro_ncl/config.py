@@ -52,14 +52,18 @@ class Config:
     data_root: Optional[str] = _opt("dataset folder (default: the dataset's usual place, e.g. "
                                     f"{DEFAULT_FASHION_MNIST_ROOT} for fashion-mnist)", default=None, preset=False)
     subset: Optional[int] = _opt("train on the first N training images only", default=None, ge=2)
-    num_workers: int = _opt("data-loader worker processes (file-based datasets)", default=0, ge=0)
+    num_workers: Optional[int] = _opt("data-loader worker processes of the folder datasets (imagenet100); auto: on "
+                                      "CUDA this process's share of the visible cores less one (at least 1, at "
+                                      "most 16), on the CPU 0", default=None, shown="auto", ge=0)
     image_size: Optional[int] = _opt("imagenet100: crop size in px (evaluation resizes to size·256/224)", default=None,
                                      ge=8)
     download: bool = _opt("cifar10/cifar100/stl10: download into --data-root first (only when asked)", default=False,
                           preset=False)
     skip_bad_images: bool = _opt("file datasets: skip and count unreadable images instead of stopping", default=False)
-    gpu_augment: bool = _opt("imagenet100: crop in the loader workers, colour jitter/grayscale/blur in batches on the "
-                             "training device (GPU)", default=False)
+    gpu_augment: Optional[bool] = _opt("imagenet100: crop and flip in the loader workers (uint8 views), colour "
+                                       "jitter (no hue term), grayscale, blur and normalisation in batches on the "
+                                       "training device; auto: on with CUDA, off on the CPU (where the workers do "
+                                       "all of it and also ship uint8 views)", default=None, shown="auto")
     spurious_correlation: Optional[float] = _opt("scenes: probability that an image's background is its class's "
                                                  "own (0: independent)", default=None, ge=0, le=1)
     # method: a preset of part names, each overridable
@@ -127,6 +131,10 @@ class Config:
     seed: int = _opt("random seed", default=0, ge=0, le=2 ** 32 - 1)
     device: str = _opt("auto | cpu | cuda | cuda:N", default="auto", preset=False,
                        pattern=(r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N"))
+    deterministic: bool = _opt("reproducible GPU numerics: cuDNN deterministic algorithms, torch deterministic "
+                               "algorithms (warnings for ops without one), no cuDNN benchmark and no TF32; by default "
+                               "CUDA runs with cuDNN benchmark on and TF32 allowed for fp32 matmuls and convolutions",
+                               default=False)
     # speed (the objective is unchanged; see README "Multiple GPUs / processes" for torchrun)
     amp: str = _opt("mixed precision of the encoder: none | bf16 (autocast of the encoder only; the gate head, "
                     "the distributions and the loss stay fp32; allowed on the CPU too, where it is rarely faster)",
@@ -279,7 +287,7 @@ def check_amp(amp: str) -> None:
 DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation")
 # settings that change neither what a run learns nor how it is scored: where and how it runs, logs and saves
 BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "download", "num_workers", "log_every",
-               "checkpoint_every", "eval_batch_size", "channels_last", "compile")
+               "checkpoint_every", "eval_batch_size", "channels_last", "compile", "deterministic")
 
 
 def dataset_options(config: Config) -> Dict[str, Any]:
@@ -352,8 +360,8 @@ def build_parser(choices: Optional[Dict[str, list]] = None, description: str = "
         names = choices.get(f.name) or (_choices(f.name, f.metadata["choices"])[1] if "choices" in f.metadata else None)
         if names:
             help_text += f"; one of: {', '.join(names)}"
-        help_text += f" (default: {f.default})"
-        if f.type in ("bool", bool):
+        help_text += f" (default: {f.metadata.get('shown', f.default)})"
+        if f.type in ("bool", bool, "Optional[bool]"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)

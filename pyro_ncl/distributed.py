@@ -16,9 +16,12 @@ What stays equal to one process with the same global batch B (up to floating-poi
   takes the mean of the parameter gradients over the processes: G · (Σ of shares)/G = the single-process
   gradient. (An explicit flat all-reduce after ``loss_and_grads``, not ``DistributedDataParallel``: the gate
   head is used inside the Pyro guide, outside any wrapped forward; the all-reduce does not overlap the backward.)
-* **BatchNorm.** With G > 1 the encoder's BatchNorm layers become synchronised (``torch.nn.SyncBatchNorm`` on
-  CUDA; ``GlobalBatchNorm`` below on the CPU, where torch's needs a GPU): statistics over all 2B views, as one
-  process computes them, and the same running statistics.
+  The host waits for the device once per step: ``loss_and_grads`` keeps the ELBO's value on the device and the
+  all-reduced loss, statistics and gradient flags are read back together (one ``tolist``).
+* **BatchNorm.** With G > 1 the encoder's BatchNorm layers become synchronised (``GlobalBatchNorm`` below, on
+  every device: torch's ``SyncBatchNorm`` needs a GPU and reads the per-process counts back to the host in every
+  layer, a host-device synchronisation each): statistics over all 2B views, as one process computes them, and
+  the same running statistics.
 * **Logged values.** The loss and the step statistics are averaged over the processes (each is a mean over
   equally many local views): the global values.
 * **Outputs.** Rank 0 alone writes config.json, log.csv, checkpoints, metrics.json and loss.png, and evaluates
@@ -50,8 +53,10 @@ import pyro
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from pyro.infer.util import torch_backward
 from pyro.ops.provenance import extract_provenance, track_provenance
 
+from pyro_ncl.backends import to_device
 from pyro_ncl.data.base import shard_size
 
 DEFAULT_TIMEOUT_MINUTES = 120  # non-main ranks wait at a barrier while rank 0 evaluates
@@ -201,13 +206,24 @@ def local_view_rows(local_images: int, device=None) -> torch.Tensor:
     return torch.cat([first, first + total])
 
 
-def average_gradients(parameters: Iterable[torch.nn.Parameter], loss: float,
+def loss_and_grads(elbo, model, guide, *args, **kwargs) -> torch.Tensor:
+    """``elbo.loss_and_grads`` (a ``TraceGraph_ELBO``) with the loss left on the device as a 0-dim tensor, for
+    ``average_gradients`` to read back with the other all-reduced values (Pyro's own reads it at once: a second
+    wait for the device per step)."""
+    value, surrogate_loss = elbo._loss_and_surrogate_loss(model, guide, args, kwargs)
+    torch_backward(surrogate_loss, retain_graph=elbo.retain_graph)
+    return -torch.as_tensor(value).detach()
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], loss: Any,
                       stats: Dict[str, Any]) -> Tuple[float, Dict[str, float]]:
     """Mean over the processes of every parameter's gradient, of the loss and of the step statistics (floats or
-    0-dim tensors, e.g. ``ContrastiveSystem.step_values``: no wait for the device before the all-reduce), in one
-    flat all-reduce; returned as floats. A parameter without a gradient on every process keeps ``grad = None`` (as
-    a single process would leave it for the optimiser); one with a gradient on some processes only gets the mean
-    over all (the missing ones count as zero). Without a process group: ``loss`` and ``stats`` as given."""
+    0-dim tensors, e.g. ``loss_and_grads``'s loss and ``ContrastiveSystem.step_values``: no wait for the device
+    before the all-reduce), in one flat all-reduce; returned as floats, read back in one ``tolist`` with the
+    gradient flags (the step's one wait for the device). A parameter without a gradient on every process keeps
+    ``grad = None`` (as a single process would leave it for the optimiser); one with a gradient on some processes
+    only gets the mean over all (the missing ones count as zero). Without a process group: ``loss`` and ``stats``
+    as given."""
     if not is_distributed():
         return loss, stats
     params = list(parameters)
@@ -215,26 +231,32 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter], loss: float,
     dtype = params[0].dtype if params else torch.float32
     keys = sorted(stats)
     pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in params]
-    presence = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=device)
-    scalars = torch.stack([torch.as_tensor(value, dtype=torch.float64, device=device).reshape(())
-                           for value in [loss] + [stats[k] for k in keys]]).to(dtype)
+    presence = to_device(torch.tensor([p.grad is not None for p in params], dtype=dtype), device)
+    scalars = torch.stack([_device_scalar(value, device) for value in [loss] + [stats[k] for k in keys]]).to(dtype)
     flat = torch.cat(pieces + [presence, scalars])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world_size()
     offset = sum(piece.numel() for piece in pieces)
-    grads, presence, scalars = flat[:offset], flat[offset:offset + len(params)], flat[offset + len(params):]
+    tail = flat[offset:].double().tolist()  # gradient flags, loss and statistics: the one read-back
+    present, values = tail[:len(params)], tail[len(params):]
     offset = 0
-    for i, p in enumerate(params):
+    for p, flag in zip(params, present):
         n = p.numel()
-        if presence[i] > 0:
-            value = grads[offset:offset + n].view_as(p).to(p.dtype)
+        if flag > 0:
+            value = flat[offset:offset + n].view_as(p).to(p.dtype)
             if p.grad is None:
                 p.grad = value.clone()
             else:
                 p.grad.copy_(value)
         offset += n
-    values = scalars.double().tolist()
     return values[0], dict(zip(keys, values[1:]))
+
+
+def _device_scalar(value: Any, device: torch.device) -> torch.Tensor:
+    """A float or a 0-dim tensor → 0-dim float64 on ``device`` (a number by a non-blocking copy)."""
+    if isinstance(value, torch.Tensor):
+        return to_device(value.detach(), device).to(torch.float64).reshape(())
+    return to_device(torch.tensor(float(value), dtype=torch.float64), device)
 
 
 def broadcast_module(module: nn.Module, src: int = 0) -> None:
@@ -335,7 +357,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
         dims = [0] + list(range(2, x.dim()))
         shape = [1, -1] + [1] * (x.dim() - 2)
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        count = x.new_full((1,), x.numel() // x.shape[1])  # a fill on the device, not a copy from the host
         sums = all_reduce_with_grad(torch.cat([x.sum(dims), count]))
         total = sums[-1].detach()
         mean = sums[:-1] / total
@@ -353,16 +375,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm of ``module`` synchronised over the processes (a no-op in one process); parameters are
-    kept (the same ``Parameter`` objects), buffers copied."""
+    """Every BatchNorm of ``module`` replaced by a ``GlobalBatchNorm`` synchronised over the processes (a no-op in
+    one process), on any ``device``; parameters and buffers are kept (the same tensors)."""
     if not is_distributed():
         return module
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _convert_cpu(module)
+    return _convert(module)
 
 
-def _convert_cpu(module: nn.Module) -> nn.Module:
+def _convert(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats, device=None, dtype=None)
@@ -374,5 +394,5 @@ def _convert_cpu(module: nn.Module) -> nn.Module:
         new.train(module.training)
         return new
     for name, child in module.named_children():
-        module.add_module(name, _convert_cpu(child))
+        module.add_module(name, _convert(child))
     return module

@@ -27,7 +27,8 @@ class StraightThroughBernoulli(dist.Bernoulli):
     has_rsample = True
 
     def __init__(self, logits: torch.Tensor, temperature: float | torch.Tensor = 1.0, validate_args=None):
-        self.temperature = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+        # a number stays a number: a tensor made from it per step would be a host-to-device copy (a wait on CUDA)
+        self.temperature = temperature if isinstance(temperature, torch.Tensor) else float(temperature)
         super().__init__(logits=logits, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
@@ -76,7 +77,8 @@ class LogitConcrete(dist.TorchDistribution):
 
     def __init__(self, temperature, logits: torch.Tensor, validate_args=None):
         self.logits = logits
-        self.temperature = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+        self.temperature = (temperature.to(logits) if torch.is_tensor(temperature)  # a fill, not a host copy:
+                            else torch.full((), float(temperature), dtype=logits.dtype, device=logits.device))
         super().__init__(logits.shape, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):

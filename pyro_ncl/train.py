@@ -97,14 +97,14 @@ class SVITrainer:
         self.system.train()
         batch = self.system.encode(x1, x2, index, num_images, y)
         model, guide = self.objective(batch)
-        loss = self.elbo.loss_and_grads(model, guide, batch)
-        if self.world_size > 1:
+        if self.world_size > 1:  # the loss stays on the device until the all-reduce: one wait per step
+            loss = distributed.loss_and_grads(self.elbo, model, guide, batch)
             values = dict(self.system.step_values(), stop_requested=float(self.should_stop()))
             loss, self._reduced_stats = distributed.average_gradients(self._params, loss, values)
             self.stop_requested = self._reduced_stats.pop("stop_requested") > 0
-        else:
-            self.stop_requested = self.should_stop()
-        return loss
+            return loss
+        self.stop_requested = self.should_stop()
+        return self.elbo.loss_and_grads(model, guide, batch)
 
     def step_stats(self) -> Dict[str, float]:
         """The last step's diagnostics (averaged over the processes when there are several)."""

@@ -22,7 +22,8 @@ from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
-from pyro_ncl.data.augment import BatchAugment
+from pyro_ncl.backends import to_device
+from pyro_ncl.data.augment import BatchAugment, Normalise, draw
 from pyro_ncl.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -38,7 +39,10 @@ def reject_options(name: str, options: dict) -> None:
         raise ValueError(f"unknown option(s) for dataset {name}: {', '.join(sorted(options))}")
 
 
-def check_num_workers(num_workers) -> int:
+def check_num_workers(num_workers) -> Optional[int]:
+    """An integer >= 0, or None: "auto" (resolved per device, see ``backends.default_num_workers``)."""
+    if num_workers is None:
+        return None
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
         raise ValueError(f"--num-workers must be an integer >= 0, got {num_workers!r}")
     return num_workers
@@ -166,7 +170,9 @@ class DataBundle:
 
 
 class InMemoryData(DataBundle):
-    """Images held as one uint8 tensor; views made by ``BatchAugment`` on the training device."""
+    """Images held as one uint8 tensor (copied to the training device once); views made by ``BatchAugment`` on
+    the device. Per step the host sends only the batch's indices and its augmentation parameters, each in one
+    non-blocking copy: no host-device synchronisation."""
 
     def __init__(self, name: str, train: ImageTensors, test: ImageTensors, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], subset: Optional[int] = None,
@@ -179,8 +185,7 @@ class InMemoryData(DataBundle):
         self.in_channels, self.image_size = train.images.shape[1], train.images.shape[-1]
         self.num_train = n
         self.augment = augment or BatchAugment(self.image_size)
-        self._mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self._std = torch.tensor(std).view(1, -1, 1, 1)
+        self._normalise = Normalise(mean, std)
         self._device_cache = {}
 
     def _on(self, split: str, device) -> ImageTensors:
@@ -190,30 +195,26 @@ class InMemoryData(DataBundle):
             self._device_cache[key] = ImageTensors(data.images.to(device), data.labels.to(device))
         return self._device_cache[key]
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._mean.to(x.device)) / self._std.to(x.device)
-
     def _gather(self, index: torch.Tensor, device) -> tuple:
-        """Training indices [B] (CPU) → images uint8 [B, C, H, W] and labels [B] on ``device``."""
+        """Training indices [b] (CPU) → images uint8 [b, C, H, W] and labels [b] on ``device``."""
         data = self._on("train", device)
-        index = index.to(device)
+        index = to_device(index, device)
         return data.images[index], data.labels[index]
 
     def train_batches(self, batch_size, epoch, seed, device, start_step=0, rank=0, world_size=1):
-        """``world_size`` > 1: process ``rank``'s rows of each global batch (the augmentation draws its random
-        parameters for the whole global batch, so every process augments the B images and keeps its own)."""
+        """``world_size`` > 1: process ``rank``'s rows of each global batch. The augmentation parameters are drawn
+        for the whole global batch (row r for image r), so a process takes its rows of them and augments only its
+        own images: the same views as one process."""
         order = epoch_permutation(self.num_train, seed, epoch)
         rows = shard_rows(batch_size, rank, world_size) if world_size > 1 else None
         for step in range(start_step, self.steps_per_epoch(batch_size)):
             index = order[step * batch_size:(step + 1) * batch_size]
+            index = index if rows is None else index[rows]
             images, labels = self._gather(index, device)
             x = images.float().div_(255)
-            gen = step_generator(seed, epoch, step)
-            x1, x2 = self._normalise(self.augment(x, gen)), self._normalise(self.augment(x, gen))
-            index = index.to(device)
-            if rows is not None:
-                x1, x2, labels, index = x1[rows], x2[rows], labels[rows], index[rows]
-            yield x1, x2, labels, index
+            params = draw(2, batch_size, step_generator(seed, epoch, step), device, rows)  # both views, one copy
+            x1, x2 = (self._normalise(self.augment(x, params=p)) for p in params)
+            yield x1, x2, labels, to_device(index, device)
 
     def eval_batches(self, split, batch_size, device):
         data = self._on(split, device)

@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data import default_collate
 
+from pyro_ncl.backends import default_num_workers
 from pyro_ncl.data.base import DataBundle, check_num_workers, check_subset, epoch_permutation, error_reason, key_seed
 from pyro_ncl.data.base import shard_rows, step_generator
 
@@ -161,15 +162,18 @@ class FolderData(DataBundle):
     maps a PIL image to one normalised view [C, S, S] (drawing from torch's global RNG); ``eval_transform``
     maps it to [C, S, S] deterministically. ``subset``: a fixed random choice of that many training images.
     One pass (train or eval) at a time per batch size: the DataLoaders are cached and their workers persist.
-    ``device_augment(x, generator)``: when given, the workers' ``train_transform`` only crops (uint8 views) and
-    this finishes each view batch on the training device, with a generator fixed by (seed, epoch, step):
-    ``device_augment(x, generator, rows, batch_size)`` draws its parameters for the whole global batch of
-    ``batch_size`` and applies those of ``rows`` (this process's shard; None: all rows)."""
+    ``num_workers``: None ("auto") is resolved for the device of the first pass (``default_num_workers``: a share
+    of the visible cores on CUDA, 0 on the CPU).
+    ``device_augment(x, generator, rows, batch_size)``: when given, finishes each batch of views on the training
+    device (the workers then ship uint8 views, a quarter of float32's volume): e.g. normalisation only, or the
+    colour work after a crop in the workers, with a generator fixed by (seed, epoch, step), drawing its parameters
+    for the whole global batch of ``batch_size`` and applying those of ``rows`` (this process's shard; None: all).
+    ``device_normalize(x)``: likewise for the evaluation batches (uint8 from ``eval_transform``)."""
 
     def __init__(self, name: str, train_samples: Samples, test_samples: Samples, num_classes: int,
                  train_transform: Callable, eval_transform: Callable, image_size: int, subset: Optional[int] = None,
-                 num_workers: int = 0, skip_bad_images: bool = False, in_channels: int = 3,
-                 device_augment: Optional[Callable] = None):
+                 num_workers: Optional[int] = 0, skip_bad_images: bool = False, in_channels: int = 3,
+                 device_augment: Optional[Callable] = None, device_normalize: Optional[Callable] = None):
         self.name, self.num_classes, self.image_size, self.in_channels = name, num_classes, image_size, in_channels
         self.num_workers = check_num_workers(num_workers)
         self.num_skipped = 0
@@ -179,7 +183,7 @@ class FolderData(DataBundle):
         self.train_samples, self.test_samples = spread_subset(train_samples, n), list(test_samples)
         self.num_train = n
         self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.device_augment = device_augment
+        self.device_augment, self.device_normalize = device_augment, device_normalize
         self._loaders: Dict[tuple, DataLoader] = {}
 
     def _drop_bad(self, train: Samples, test: Samples) -> Tuple[Samples, Samples]:
@@ -195,8 +199,8 @@ class FolderData(DataBundle):
         pin = torch.device(device).type == "cuda"
         key = (kind, batch_size, pin)
         if key not in self._loaders:
-            common = dict(num_workers=self.num_workers, pin_memory=pin, collate_fn=_collate,
-                          persistent_workers=self.num_workers > 0,
+            workers = self.num_workers if self.num_workers is not None else default_num_workers(device)
+            common = dict(num_workers=workers, pin_memory=pin, collate_fn=_collate, persistent_workers=workers > 0,
                           generator=torch.Generator().manual_seed(0))  # leaves torch's global RNG alone
             if kind == "train":
                 dataset = _TwoViews(self.train_samples, self.train_transform)
@@ -233,7 +237,8 @@ class FolderData(DataBundle):
             raise ValueError(f"eval batch size must be at least 1, got {batch_size}")
         for batch in self._loader(f"eval-{split}", batch_size, device):
             x, y = _unwrap(batch)
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True)
+            yield (x if self.device_normalize is None else self.device_normalize(x)), y.to(device, non_blocking=True)
 
     def close(self) -> None:
         """Drop the cached DataLoaders (their worker processes exit)."""

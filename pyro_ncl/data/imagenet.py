@@ -4,8 +4,9 @@
 the 100 classes or a full ImageNet-1k root, filtered to the listed classes without copying. Label = position of the
 wnid in ``imagenet100_classes.txt`` (shipped with the package), so train and val labels agree.
 
-Options: ``image_size`` (224; train crop size, eval resize = size·256/224), ``num_workers`` (0),
-``skip_bad_images`` (False). The authors' augmentations are scaled with ``image_size`` (blur kernel and sigma).
+Options: ``image_size`` (224; train crop size, eval resize = size·256/224), ``num_workers`` (None: auto, a share
+of the cores on CUDA, 0 on the CPU), ``skip_bad_images`` (False), ``gpu_augment`` (False). The authors'
+augmentations are scaled with ``image_size`` (blur kernel and sigma). Images leave the workers as uint8.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torchvision.transforms.v2 as T
 
-from pyro_ncl.data.augment import BatchAugment
+from pyro_ncl.data.augment import BatchAugment, Normalise
 from pyro_ncl.data.base import DATASETS, DatasetNotFound, reject_options
 from pyro_ncl.data.folder import FolderData, Samples, image_files
 
@@ -65,25 +66,30 @@ def _crop_flip(image_size: int) -> list:
     return [T.RandomResizedCrop(image_size, scale=CROP_SCALE, antialias=True), T.RandomHorizontalFlip()]
 
 
-def _to_normalised() -> list:
-    return [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(MEAN, STD)]
-
-
 def imagenet_train_transform(image_size: int = 224) -> T.Compose:
-    """PIL → one normalised augmented view [3, S, S]; the authors' recipe at 224 px, scaled to S."""
+    """PIL → one augmented view, uint8 [3, S, S]: the authors' recipe at 224 px, scaled to S (normalised on the
+    training device by ``normalise``)."""
     kernel, sigma = blur_settings(image_size)
     return T.Compose([
         *_crop_flip(image_size),
         T.RandomApply([T.ColorJitter(JITTER, JITTER, JITTER, 0.2)], p=JITTER_PROB),
         T.RandomGrayscale(p=GRAYSCALE_PROB),
         T.RandomApply([T.GaussianBlur(kernel, sigma=sigma)], p=BLUR_PROB),
-        *_to_normalised()])
+        T.ToImage()])
 
 
 def imagenet_eval_transform(image_size: int = 224) -> T.Compose:
-    """PIL → normalised float [3, S, S]: resize to S·256/224, centre crop S."""
+    """PIL → uint8 [3, S, S]: resize to S·256/224, centre crop S (normalised on the device by ``normalise``)."""
     return T.Compose([T.Resize(int(round(image_size * 256 / 224)), antialias=True), T.CenterCrop(image_size),
-                      *_to_normalised()])
+                      T.ToImage()])
+
+
+normalise = Normalise(MEAN, STD)  # uint8 [b, 3, S, S] → ImageNet-normalised float, on the batch's device
+
+
+def _normalise_views(x: torch.Tensor, generator=None, rows=None, batch_size=None) -> torch.Tensor:
+    """``FolderData.device_augment`` for views augmented in full by the workers: normalisation only."""
+    return normalise(x)
 
 
 def imagenet_device_augment(image_size: int = 224) -> Tuple[T.Compose, Callable]:
@@ -95,22 +101,21 @@ def imagenet_device_augment(image_size: int = 224) -> Tuple[T.Compose, Callable]
     photometric = BatchAugment(image_size, brightness=JITTER, contrast=JITTER, saturation=JITTER,
                                jitter_prob=JITTER_PROB, grayscale_prob=GRAYSCALE_PROB, blur_prob=BLUR_PROB,
                                blur_sigma=sigma, blur_kernel=kernel)
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
 
     def augment(x: torch.Tensor, generator: torch.Generator, rows: Optional[slice] = None,
                 batch_size: Optional[int] = None) -> torch.Tensor:
         """uint8 [b, 3, S, S] on the device → normalised float views [b, 3, S, S] (``rows`` of a batch of
         ``batch_size``: see ``BatchAugment.photometric``)."""
-        x = photometric.photometric(x.float().div_(255), generator, rows, batch_size)
-        return (x - mean.to(x.device)) / std.to(x.device)
+        return normalise(photometric.photometric(x.float().div_(255), generator, rows, batch_size))
     return crop, augment
 
 
 @DATASETS.register(NAME)
-def imagenet100(root=None, subset=None, image_size: int = 224, num_workers: int = 0,
+def imagenet100(root=None, subset=None, image_size: int = 224, num_workers: Optional[int] = None,
                 skip_bad_images: bool = False, gpu_augment: bool = False, **options) -> FolderData:
-    """``gpu_augment``: crop in the workers, colour/blur in batches on the training device (see
-    ``imagenet_device_augment``)."""
+    """Views leave the workers as uint8 and are normalised on the training device. ``gpu_augment``: the workers
+    only crop and flip, colour/blur run in batches on the device (see ``imagenet_device_augment``); otherwise the
+    workers apply the whole recipe. ``num_workers`` None: "auto" (see ``FolderData``)."""
     reject_options(NAME, options)
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an integer >= 8 pixels, got {image_size!r}")
@@ -122,7 +127,8 @@ def imagenet100(root=None, subset=None, image_size: int = 224, num_workers: int 
     if gpu_augment:
         train_t, device_augment = imagenet_device_augment(image_size)
     else:
-        train_t, device_augment = imagenet_train_transform(image_size), None
+        train_t, device_augment = imagenet_train_transform(image_size), _normalise_views
     eval_t = imagenet_eval_transform(image_size)
     return FolderData(NAME, train, test, len(wnids), train_t, eval_t, image_size, subset=subset,
-                      num_workers=num_workers, skip_bad_images=skip_bad_images, device_augment=device_augment)
+                      num_workers=num_workers, skip_bad_images=skip_bad_images, device_augment=device_augment,
+                      device_normalize=normalise)

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from pyro_ncl.backends import to_device
 from pyro_ncl.data.base import DATASETS, ImageTensors, InMemoryData, check_num_workers, check_subset, reject_options
 from pyro_ncl.data.base import torchvision_folder
 from pyro_ncl.data.cifar import cifar_augment
@@ -71,20 +72,22 @@ class STL10Data(InMemoryData):
         self.num_train = n
 
     def _gather(self, index: torch.Tensor, device) -> tuple:
-        """Pool indices [B] → images uint8 [B, 3, 96, 96] and labels [B] (-1 for unlabeled) on ``device``."""
-        data = self._on("train", device)
-        labelled = index < data.images.shape[0]
-        images = torch.empty(index.shape[0], 3, SIZE, SIZE, dtype=torch.uint8, device=device)
-        labels = torch.full((index.shape[0],), -1, dtype=torch.int64, device=device)
-        lab, on = index[labelled].to(device), labelled.to(device)
-        images[on], labels[on] = data.images[lab], data.labels[lab]
-        rows = (index[~labelled] - data.images.shape[0]).numpy()
+        """Pool indices [b] (CPU) → images uint8 [b, 3, 96, 96] and labels [b] (-1 for unlabeled) on ``device``:
+        the batch is assembled on the host (labelled images from memory, unlabeled ones from the memmap) and sent
+        in one non-blocking copy each (no host-device synchronisation)."""
+        index, first_unlabeled = index.numpy(), self.train.images.shape[0]
+        labelled = index < first_unlabeled
+        images = np.empty((index.size, 3, SIZE, SIZE), dtype=np.uint8)
+        labels = np.full(index.size, -1, dtype=np.int64)
+        images[labelled] = self.train.images.numpy()[index[labelled]]
+        labels[labelled] = self.train.labels.numpy()[index[labelled]]
+        rows = index[~labelled] - first_unlabeled
         if rows.size:
             order = np.argsort(rows)  # sorted reads are kinder to the page cache
             block = np.empty((rows.size, 3, SIZE, SIZE), dtype=np.uint8)
             block[order] = to_chw(self.unlabeled[rows[order]])
-            images[~on] = torch.from_numpy(block).to(device)
-        return images, labels
+            images[~labelled] = block
+        return to_device(torch.from_numpy(images), device), to_device(torch.from_numpy(labels), device)
 
 
 def _download(root: Path) -> None:

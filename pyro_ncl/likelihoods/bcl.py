@@ -21,11 +21,13 @@ gives x_tn = x_fn = x_htn = 1, so ω ≡ 1 and BCL is exactly NT-Xent.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
 from pyro_ncl.likelihoods import LIKELIHOODS
-from pyro_ncl.likelihoods.nt_xent import anchors_of, check_views, positive_index
+from pyro_ncl.likelihoods.nt_xent import anchors_of, check_views, column_is, positive_index
 from pyro_ncl.ops import safe_normalize
 
 
@@ -49,11 +51,12 @@ def bcl_weights(u: torch.Tensor, alpha: float, beta: float, class_prior: float) 
     return x_htn / (tau_m * x_tn + tau_p * x_fn)
 
 
-def row_ecdf(x: torch.Tensor) -> torch.Tensor:
-    """x [R, n] → û [R, n], û_ij = #{k : x_ik ≤ x_ij} / n (no gradient)."""
+def row_ecdf(x: torch.Tensor, count: Optional[int] = None) -> torch.Tensor:
+    """x [R, n] → û [R, n], û_ij = #{k : x_ik ≤ x_ij} / count (no gradient; ``count`` defaults to n). Entries at
+    +inf are never counted for a finite x_ij: they mark columns left out of a row."""
     x = x.detach()
     sorted_x = x.sort(dim=-1).values.contiguous()
-    return torch.searchsorted(sorted_x, x.contiguous(), right=True).to(x.dtype) / x.shape[-1]
+    return torch.searchsorted(sorted_x, x.contiguous(), right=True).to(x.dtype) / (count or x.shape[-1])
 
 
 def bcl_loss(z: torch.Tensor, temperature: float, alpha: float, beta: float, class_prior: float) -> torch.Tensor:
@@ -64,24 +67,23 @@ def bcl_loss(z: torch.Tensor, temperature: float, alpha: float, beta: float, cla
 def bcl_per_view(z: torch.Tensor, temperature: float, alpha: float, beta: float, class_prior: float,
                  rows=None) -> torch.Tensor:
     """z [2B, K] → [R] the BCL term of each anchor view in ``rows`` (default: all 2B) against all other views
-    (every term depends on its own row of similarities only, so a subset of rows is exact)."""
+    (every term depends on its own row of similarities only, so a subset of rows is exact). The negatives stay in
+    their [R, 2B] row with the anchor's own and positive columns masked (no boolean gather: nothing waits for
+    the device)."""
     n_views = z.shape[0]
     check_views(n_views, "BCL")
     zn = safe_normalize(z)
     anchors, rows = anchors_of(zn, rows)
     logits = anchors @ zn.T / temperature                              # log s_ij, [R, 2B]
     pos_idx = positive_index(n_views, z.device)[rows]
-    local = torch.arange(rows.shape[0], device=z.device)
-    neg_mask = torch.ones(rows.shape[0], n_views, dtype=torch.bool, device=z.device)
-    neg_mask[local, rows] = False
-    neg_mask[local, pos_idx] = False
-    neg = logits[neg_mask].view(rows.shape[0], n_views - 2)            # [R, 2B−2], log s of the negatives
-    pos = logits[local, pos_idx]                                       # [R]
-    # ranks of log s equal ranks of s (exp is increasing); weights carry no gradient
-    omega = bcl_weights(row_ecdf(neg), alpha, beta, class_prior)
+    not_negative = column_is(rows, n_views) | column_is(pos_idx, n_views)
+    pos = logits.gather(1, pos_idx.unsqueeze(1)).squeeze(1)            # [R]
+    # ranks of log s equal ranks of s (exp is increasing) among the n = 2B − 2 negatives; weights carry no gradient
+    ecdf = row_ecdf(logits.masked_fill(not_negative, float("inf")), n_views - 2)
+    omega = bcl_weights(ecdf.clamp(max=1.0), alpha, beta, class_prior)  # (masked columns: values unused)
     # −log(s_p / (s_p + Σ ω s_n)) = logsumexp([log s_p, log s_n + log ω]) − log s_p  (ω = 0 ⇒ −inf, dropped)
-    terms = torch.cat([pos.unsqueeze(1), neg + torch.log(omega)], dim=1)
-    return torch.logsumexp(terms, dim=1) - pos
+    neg = (logits + torch.log(omega)).masked_fill(not_negative, float("-inf"))
+    return torch.logsumexp(torch.cat([pos.unsqueeze(1), neg], dim=1), dim=1) - pos
 
 
 @LIKELIHOODS.register("bcl")

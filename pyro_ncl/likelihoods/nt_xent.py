@@ -35,11 +35,15 @@ def anchors_of(zn: torch.Tensor, rows) -> Tuple[torch.Tensor, torch.Tensor]:
     return (zn if rows is None else zn[index]), index
 
 
+def column_is(rows: torch.Tensor, num_views: int) -> torch.Tensor:
+    """rows [R] (indices into the 2B views) → [R, 2B] boolean, True at column rows[r] of row r (a comparison on
+    the device: no index write, no host value)."""
+    return rows.unsqueeze(1) == torch.arange(num_views, device=rows.device)
+
+
 def mask_own(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """logits [R, 2B] of the anchor views ``rows`` [R] → the same with each anchor's own column at −inf."""
-    own = torch.zeros_like(logits, dtype=torch.bool)
-    own[torch.arange(rows.shape[0], device=logits.device), rows] = True
-    return logits.masked_fill(own, float("-inf"))
+    return logits.masked_fill(column_is(rows, logits.shape[1]), float("-inf"))
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:

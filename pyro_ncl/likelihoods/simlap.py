@@ -55,11 +55,9 @@ def simlap_loss(z: torch.Tensor, labels: torch.Tensor, partner: torch.Tensor, ga
     terms = torch.logaddexp(logits, neg_lse) - logits                  # −log(e^l_ip / (e^l_ip + Σ_n e^l_in))
     terms = terms.masked_fill(~positive, 0.0)
     n_pos = positive.sum(1)
-    has_pos = n_pos > 0
-    if not has_pos.any():
-        return logits.sum() * 0.0
-    per_anchor = terms.sum(1)[has_pos] / n_pos[has_pos]
-    return per_anchor.mean()
+    has_pos = (n_pos > 0).to(terms.dtype)                             # weights, not a boolean gather: no wait
+    per_anchor = terms.sum(1) / n_pos.clamp_min(1)                     # 0 for an anchor without positives
+    return (per_anchor * has_pos).sum() / has_pos.sum().clamp_min(1)  # 0 (zero gradient) if no anchor has one
 
 
 @LIKELIHOODS.register("simlap")

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Train a contrastive method as a Pyro program with SVI (TraceGraph_ELBO), then evaluate it on the test split.
 
-    python experiments/run_svi.py                              # BayesNCL on Fashion-MNIST, ≈15 min on 2 cores
+    python experiments/run_svi.py                              # BayesNCL on Fashion-MNIST (README: timings)
     python experiments/run_svi.py --method ncl --out runs/ncl
     python experiments/run_svi.py --dataset imagenet100 --data-root /data/imagenet --backbone resnet18 ...
     torchrun --nproc_per_node=4 experiments/run_svi.py --batch-size 1024 ...   # 4 processes, 256 images each
 
-Writes to --out: config.json, log.csv, checkpoint.pt, metrics.json, loss.png.
+Writes to --out: config.json, log.csv, checkpoint.pt, metrics.json, loss.png, TensorBoard event files.
+Progress goes to stderr: a bar on a terminal, otherwise a line every 30 s with the ETA (--quiet: none).
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ from pyro_ncl.encoders import BACKBONES, NON_NEGATIVITY
 from pyro_ncl.evaluation import evaluate
 from pyro_ncl.likelihoods import LIKELIHOODS
 from pyro_ncl.plots import plot_loss_curve
+from pyro_ncl.progress import format_duration
 from pyro_ncl.system import accelerate, build_system
+from pyro_ncl.tensorboard import EVENT_FILES, write_final
 from pyro_ncl.train import NonFiniteLoss, resolve_device, seed_everything, train
 
 RESULT_FILES = ("metrics.json", "checkpoint.pt", "checkpoint.prev.pt", "log.csv")
@@ -46,7 +49,7 @@ def prepare_out_dir(config: Config) -> Path:
     """--out, created and checked writable. Results of an earlier run there are refused, or with --overwrite
     removed (so that no checkpoint of that run becomes this run's ``checkpoint.prev.pt``)."""
     out = Path(config.out)
-    existing = [name for name in RESULT_FILES if (out / name).exists()]
+    existing = [name for name in RESULT_FILES if (out / name).exists()] + sorted(p.name for p in out.glob(EVENT_FILES))
     if existing and not config.overwrite:
         raise ValueError(f"--out {out} already holds results ({', '.join(existing)}); "
                          f"pass --overwrite to replace them or choose another --out")
@@ -65,12 +68,13 @@ def prepare_out_dir(config: Config) -> Path:
 def resume_config(args) -> Config:
     """``--resume DIR``: the run's own settings (flags that would change them are refused)."""
     run_dir = Path(args.resume)
-    explicit = sorted(k for k, v in vars(args).items() if v is not None and k not in ("resume", "device"))
+    explicit = sorted(k for k, v in vars(args).items() if v is not None and k not in ("resume", "device", "quiet"))
     if explicit:
         raise ValueError(f"--resume uses the settings saved in {run_dir / 'config.json'}; drop "
                          + ", ".join("--" + k.replace("_", "-") for k in explicit))
     saved = config_from_run(run_dir, unknown="raise", label=f"--resume {run_dir}")
-    return dataclasses.replace(saved, resume=str(run_dir), out=str(run_dir), device=args.device or saved.device)
+    return dataclasses.replace(saved, resume=str(run_dir), out=str(run_dir), device=args.device or saved.device,
+                               quiet=saved.quiet if args.quiet is None else args.quiet)
 
 
 def check_resumable(state: dict, config: Config) -> None:
@@ -124,6 +128,8 @@ def main(args) -> dict:
     if not main_process:
         distributed.barrier()  # rank 0 evaluates and writes the results
         return {}
+    if not config.quiet:
+        print(f"trained in {format_duration(summary['train_seconds'])}; evaluating", file=sys.stderr, flush=True)
     start = time.perf_counter()
     metrics = evaluate(system, data, batch_size=config.eval_batch_size, device=device,
                        probe_epochs=config.probe_epochs, knn_k=config.knn_k, seed=config.seed,
@@ -131,6 +137,7 @@ def main(args) -> dict:
     metrics.update(summary, eval_seconds=time.perf_counter() - start)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_loss_curve(out / "log.csv", out / "loss.png")
+    write_final(out, config, metrics, summary["steps"])
     print(json.dumps(metrics, indent=2))
     distributed.barrier()
     return metrics

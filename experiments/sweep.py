@@ -7,6 +7,8 @@
 Each ``--grid KEY=V1,V2`` is an axis (a Config field; ``KEY1+KEY2=A+B,C+D`` varies fields together); the runs are
 the Cartesian product. Flags after ``--`` go to every run. A point whose folder already holds ``metrics.json`` is
 not run again, so an interrupted sweep resumes. Writes ``results.csv``, ``results.md`` and ``sweep.png`` to --out.
+Every run writes its TensorBoard events in its folder, so ``tensorboard --logdir <--out>`` compares them (HPARAMS
+tab: settings against final metrics); ``--reference`` runs appear there as ``references/<name>`` (links).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_ncl.config import FIELD_NAMES, config_from_run  # noqa: E402
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
+from pyro_ncl.tensorboard import EVENT_FILES, link_runs, run_dir_name  # noqa: E402
 
 RUN_SVI = Path(__file__).resolve().parent / "run_svi.py"
 COLUMNS = [*RUN_METRICS, "seconds_per_epoch"]
@@ -118,6 +121,9 @@ def main(args) -> List[Dict[str, object]]:
     write_table(rows, keys, out)
     plot(rows, out)
     print((out / "results.md").read_text())
+    link_runs(out / "references", {run_dir_name(Path(r).name): Path(r) for r in args.reference})
+    if any(out.glob(f"*/{EVENT_FILES}")):
+        print(f"TensorBoard: tensorboard --logdir {out}")
     return rows
 
 

@@ -156,7 +156,7 @@ def test_piped_run_prints_progress_lines_with_an_eta(tmp_path):
                              "--epochs", "2", "--batch-size", "16", "--width", "4", "--hidden-dim", "32",
                              "--feature-dim", "16", "--probe-epochs", "1", "--eval-subset", "100",
                              "--no-tensorboard", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env={**os.environ, INTERVAL_ENV: "0"})
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]

@@ -10,7 +10,9 @@ A group is the method, plus the parts (prior, guide, likelihood, non-negativity)
 defaults, plus any other setting that differs between runs of that method (seeds, output folders, devices and
 similar bookkeeping excepted) where it is not the default: runs that differ only in their seed are pooled, and runs
 with, e.g., --prior-prob 0.8 (the default) and 0.2 are labelled "bayesncl" and "bayesncl prior_prob=0.2".
-Writes --out/comparison.md (mean ± std (n) per metric, std over runs) and --out/comparison.png (bar plots).
+Writes --out/comparison.md (mean ± std (n) per metric, std over runs) and --out/comparison.png (bar plots), and
+--out/tensorboard/: a TensorBoard log folder with a run per compared run, named by its group and seed
+(``tensorboard --logdir runs/compare/tensorboard``: curves, gate figures and the HPARAMS table side by side).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pyro_ncl.config import BOOKKEEPING, METHODS, Config, OneLineParser, read_run_config  # noqa: E402
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.run_folder import read_metrics  # noqa: E402
+from pyro_ncl.tensorboard import link_runs, run_dir_name  # noqa: E402
 
 # every run's end-of-run metrics, then experiments/evaluate.py's
 METRICS = [*RUN_METRICS, "retrieval_p1", "effective_rank", "orthogonality", "entropy_freq"]
@@ -140,6 +143,18 @@ def plot_bars(stats, metrics: List[str], path: Path) -> None:
     plt.close(fig)
 
 
+def tensorboard_runs(groups: Dict[str, List[dict]]) -> Dict[str, Path]:
+    """{"<group>/seed<s>": run folder} (``_2``, ``_3``... for runs of a group with the same seed)."""
+    names: Dict[str, Path] = {}
+    for label, runs in groups.items():
+        for run in runs:
+            name, copy = f"{run_dir_name(label)}/seed{run['config'].get('seed')}", 1
+            while (f"{name}_{copy}" if copy > 1 else name) in names:
+                copy += 1
+            names[f"{name}_{copy}" if copy > 1 else name] = run["path"]
+    return names
+
+
 def main(args) -> Dict:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -159,6 +174,8 @@ def main(args) -> Dict:
     write_markdown(stats, groups, metrics, out / "comparison.md")
     plot_bars(stats, metrics, out / "comparison.png")
     print((out / "comparison.md").read_text())
+    if link_runs(out / "tensorboard", tensorboard_runs(groups)):
+        print(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     return stats
 
 

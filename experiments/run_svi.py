@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train a contrastive method as a Pyro program with SVI (TraceGraph_ELBO), then evaluate it on the test split.
 
-    python experiments/run_svi.py                              # BayesNCL on Fashion-MNIST, ≈15 min on 2 cores
+    python experiments/run_svi.py                              # BayesNCL on Fashion-MNIST (README: timings)
     python experiments/run_svi.py --method ncl --out runs/ncl
     python experiments/run_svi.py --dataset imagenet100 --data-root /data/imagenet --backbone resnet18 ...
     torchrun --nproc_per_node=4 experiments/run_svi.py --batch-size 1024 ...   # 4 processes, 256 images each
@@ -9,6 +9,8 @@
 Writes to --out: config.json, log.csv, checkpoint.pt, metrics.json, loss.png (the list of a run's outputs:
 pyro_ncl.run_folder.OUTPUTS). Bad input: one line on stderr, exit status 2, before anything is written. SIGTERM: a
 checkpoint, how to resume, exit status 143.
+Progress goes to stderr: a bar on a terminal, otherwise a line every 30 s with the ETA (--quiet: none);
+TensorBoard event files beside log.csv (--no-tensorboard: none).
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from pyro_ncl.run_folder import clear_outputs, outputs_in, write_metrics
 from pyro_ncl.runtime import Runtime, Terminated
 from pyro_ncl.system import accelerate, build_system, check_parts
 from pyro_ncl.train import NonFiniteLoss, Stopped, train
+from pyro_ncl.progress import format_duration
+from pyro_ncl.tensorboard import write_final
 
 SCRIPT = Path(__file__)
 
@@ -53,12 +57,13 @@ def settings(args) -> Config:
 def resume_config(args) -> Config:
     """``--resume DIR``: the run's own settings (flags that would change them are refused)."""
     run_dir = Path(args.resume)
-    explicit = sorted(k for k, v in vars(args).items() if v is not None and k not in ("resume", "device"))
+    explicit = sorted(k for k, v in vars(args).items() if v is not None and k not in ("resume", "device", "quiet"))
     if explicit:
         raise ValueError(f"--resume uses the settings saved in {run_dir / 'config.json'}; drop "
                          + ", ".join("--" + k.replace("_", "-") for k in explicit))
     saved = config_from_run(run_dir, unknown="raise", label=f"--resume {run_dir}")
-    return dataclasses.replace(saved, resume=str(run_dir), out=str(run_dir), device=args.device or saved.device)
+    return dataclasses.replace(saved, resume=str(run_dir), out=str(run_dir), device=args.device or saved.device,
+                               quiet=saved.quiet if args.quiet is None else args.quiet)
 
 
 def refuse_earlier_run(config: Config) -> None:
@@ -143,6 +148,8 @@ def finish(rt: Runtime, system, data, config: Config, out: Path, summary: dict) 
     if not rt.main:
         rt.barrier()
         return {}
+    if not config.quiet:
+        print(f"trained in {format_duration(summary['train_seconds'])}; evaluating", file=sys.stderr, flush=True)
     start = time.perf_counter()
     metrics = evaluate(system, data, batch_size=config.eval_batch_size, device=rt.device,
                        probe_epochs=config.probe_epochs, knn_k=config.knn_k, seed=config.seed,
@@ -150,6 +157,7 @@ def finish(rt: Runtime, system, data, config: Config, out: Path, summary: dict) 
     metrics.update(summary, eval_seconds=time.perf_counter() - start)
     print(write_metrics(out / "metrics.json", metrics))
     plot_loss_curve(out / "log.csv", out / "loss.png")
+    write_final(out, config, metrics, summary["steps"])
     rt.barrier()
     return metrics
 

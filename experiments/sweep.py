@@ -11,6 +11,8 @@ one with an interrupted run of the same settings is resumed, and one whose setti
 interrupted or extended sweep picks up where it stopped). Two sweeps sharing --out never run a point at once (the
 run folder's lock refuses the second). Writes ``results.csv``, ``results.md`` and ``sweep.png`` to --out; the exit
 status is 1 when a point failed.
+Every run writes its TensorBoard events in its folder, so ``tensorboard --logdir <--out>`` compares them (HPARAMS
+tab: settings against final metrics); ``--reference`` runs appear there as ``references/<name>`` (links).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, OneLineParser, bu
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.run_folder import read_metrics  # noqa: E402
 from pyro_ncl.system import check_parts  # noqa: E402
+from pyro_ncl.tensorboard import EVENT_FILES, link_runs, run_dir_name  # noqa: E402
 
 RUN_SVI = Path(__file__).resolve().parent / "run_svi.py"
 COLUMNS = [*RUN_METRICS, "seconds_per_epoch"]
@@ -174,6 +177,9 @@ def main(args) -> List[Dict[str, object]]:
     if rows:
         plot(rows, out)
     print((out / "results.md").read_text())
+    link_runs(out / "references", {run_dir_name(Path(r).name): Path(r) for r in args.reference})
+    if any(out.glob(f"*/{EVENT_FILES}")):
+        print(f"TensorBoard: tensorboard --logdir {out}")
     if failed:
         print(f"error: {len(failed)} of {len(points)} points failed: {', '.join(failed)}", file=sys.stderr)
         raise SystemExit(1)

@@ -149,7 +149,11 @@ class Config:
     probe_epochs: int = _opt("epochs of the linear probes at the end", default=30, ge=1)
     knn_k: int = _opt("neighbours of the kNN classifier", default=20, ge=1)
     eval_batch_size: int = _opt("batch size for feature extraction", default=1024, ge=1)
-    log_every: int = _opt("write a CSV log row every N steps", default=10, ge=1)
+    log_every: int = _opt("write a CSV log row (and TensorBoard scalars) every N steps", default=10, ge=1)
+    quiet: bool = _opt("no progress bar or progress lines while training", default=False)
+    tensorboard: Optional[bool] = _opt("write TensorBoard event files to --out (default: yes when the tensorboard "
+                                       "package is installed; --tensorboard: required, --no-tensorboard: never)",
+                                       default=None)
     checkpoint_every: int = _opt("also checkpoint every N steps (0: only at each epoch's end)", default=100, ge=0)
     out: str = _opt("output folder of the run", default="runs/default", preset=False)
     overwrite: bool = _opt("replace the outputs of an earlier run in --out", default=False, preset=False)
@@ -287,7 +291,8 @@ def check_amp(amp: str) -> None:
 DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation")
 # settings that change neither what a run learns nor how it is scored: where and how it runs, logs and saves
 BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "download", "num_workers", "log_every",
-               "checkpoint_every", "eval_batch_size", "channels_last", "compile", "deterministic")
+               "checkpoint_every", "eval_batch_size", "channels_last", "compile", "deterministic", "quiet",
+               "tensorboard")
 
 
 def dataset_options(config: Config) -> Dict[str, Any]:

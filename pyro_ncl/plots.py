@@ -31,3 +31,17 @@ def plot_loss_curve(log_csv: Path, out_png: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+
+
+def gate_frequency_figure(freq, title: str = "images of each class with the gate open"):
+    """freq [C, K] (a tensor or array): the fraction of each class's images opening gate d, as a heat map."""
+    freq = freq.numpy() if hasattr(freq, "numpy") else freq
+    C, K = freq.shape
+    fig, ax = plt.subplots(figsize=(min(max(5, 3 + 0.05 * K), 20), min(1.5 + 0.3 * C, 20)))
+    im = ax.imshow(freq, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+    ax.set(xlabel="dimension", ylabel="class", title=title)
+    if C <= 20:
+        ax.set_yticks(range(C))
+    fig.colorbar(im, ax=ax, label="open fraction")
+    fig.tight_layout()
+    return fig

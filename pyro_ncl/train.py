@@ -3,9 +3,7 @@ shared encoded batch, then a plain torch SGD step with a linear warm-up + cosine
 method-specific."""
 from __future__ import annotations
 
-import csv
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -15,16 +13,14 @@ import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
-from tqdm import tqdm
 
 from pyro_ncl import distributed
 from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.checkpoint import gather_rng_states, restore_training_state, save_checkpoint, training_state
 from pyro_ncl.config import Config
 from pyro_ncl.data.base import DataBundle, local_train_batches
+from pyro_ncl.logger import TrainingLog
 from pyro_ncl.system import ContrastiveSystem
-
-LOG_FIELDS = ["step", "epoch", "loss", "contrastive", "gate_kl", "open_gates", "lr", "images_per_s"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,35 +128,21 @@ def _nonfinite_terms(stats: Dict[str, float]) -> str:
     return ", ".join(bad) or "the total (every logged term is finite)"
 
 
-def _truncate_log(path: Path, last_step: int) -> None:
-    """Drop log rows written after the checkpoint we resume from (they will be written again)."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: Path, device: torch.device,
           resume: Optional[dict] = None, progress: bool = True,
           should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
-    """Train for ``config.epochs``; write ``log.csv`` (a row every ``log_every`` steps) and ``checkpoint.pt``
-    (every ``checkpoint_every`` steps and at each epoch's end, atomically, the previous one kept as
-    ``checkpoint.prev.pt``). ``resume``: a state from ``checkpoint.training_state`` to continue from exactly
-    (same batches, same random draws). ``should_stop`` (e.g. SIGTERM received): checkpoint after the current step
-    and raise ``Stopped``. Returns a summary with the training wall time."""
+    """Train for ``config.epochs``; write ``checkpoint.pt`` (every ``checkpoint_every`` steps and at each epoch's
+    end, atomically, the previous one kept as ``checkpoint.prev.pt``), and through ``TrainingLog`` ``log.csv`` (a
+    row every ``log_every`` steps), progress on stderr (``progress`` and not ``config.quiet``) and TensorBoard
+    events. ``resume``: a state from ``checkpoint.training_state`` to continue from exactly (same batches, same
+    random draws). ``should_stop`` (e.g. SIGTERM received): checkpoint after the current step and raise
+    ``Stopped``. Returns a summary with the training wall time."""
     steps_per_epoch = data.steps_per_epoch(config.batch_size)
     trainer = SVITrainer(system, config, steps_per_epoch, should_stop)
     rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
-    epoch, step_in_epoch, elapsed = 0, 0, 0.0
+    epoch, step_in_epoch, elapsed, loss = 0, 0, 0.0, math.nan
     if resume is not None:
         epoch, step_in_epoch, elapsed = restore_training_state(resume, system, trainer, config.seed)
-        if main:
-            _truncate_log(out_dir / "log.csv", trainer.step_count)
-    elif main:
-        with open(out_dir / "log.csv", "w", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS).writeheader()
     start = time.perf_counter() - elapsed
 
     saved_at = [None]
@@ -172,16 +154,12 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
             save_checkpoint(training_state(system, trainer, config, epoch_, step_, time.perf_counter() - start,
                                            rng_ranks), out_dir / "checkpoint.pt")
 
-    with (open(out_dir / "log.csv", "a", newline="") if main else open(os.devnull, "w")) as log_file:
-        log = csv.DictWriter(log_file, LOG_FIELDS)
+    with TrainingLog(out_dir, config, data, system, steps_per_epoch, device, trainer.step_count, elapsed,
+                     progress) as log:
         while epoch < config.epochs:
             batches = local_train_batches(data, config.batch_size, epoch, config.seed, device,
                                           start_step=step_in_epoch, rank=rank, world_size=world_size)
-            bar = tqdm(batches, total=steps_per_epoch, initial=step_in_epoch,
-                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=None if progress and main else True,
-                       leave=False)
-            tick = time.perf_counter()
-            for x1, x2, y, index in bar:
+            for x1, x2, y, index in log.epoch(batches, epoch, step_in_epoch):
                 try:
                     loss = trainer.step(x1, x2, y, index, data.num_train)
                 except NonFiniteLoss as err:
@@ -189,15 +167,7 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
                                         f"the last good checkpoint "
                                         f"is {out_dir / 'checkpoint.pt'}") from None
                 step_in_epoch += 1
-                if trainer.step_count % config.log_every == 0 or trainer.step_count == 1:
-                    now = time.perf_counter()
-                    row = dict(step=trainer.step_count, epoch=epoch, loss=loss, lr=trainer.scheduler.get_last_lr()[0],
-                               images_per_s=config.batch_size * (config.log_every if trainer.step_count > 1 else 1)
-                               / max(now - tick, 1e-9), **trainer.step_stats())
-                    log.writerow({k: row.get(k, "") for k in LOG_FIELDS})
-                    log_file.flush()
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    tick = now
+                log.step(trainer, epoch, loss)
                 if (config.checkpoint_every and trainer.step_count % config.checkpoint_every == 0
                         and step_in_epoch < steps_per_epoch):  # the epoch's last step: saved just below
                     checkpoint(epoch, step_in_epoch)
@@ -208,4 +178,5 @@ def train(system: ContrastiveSystem, data: DataBundle, config: Config, out_dir: 
                                   f"(epoch {epoch + 1}); checkpoint written: {out_dir / 'checkpoint.pt'}")
             epoch, step_in_epoch = epoch + 1, 0
             checkpoint(epoch, 0)
+            log.epoch_end(trainer, epoch - 1, loss)
     return dict(train_seconds=time.perf_counter() - start, steps=trainer.step_count)

@@ -281,7 +281,11 @@ def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path):
                *TINY_RUN_FLAGS, "--eval-subset", "500", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert set(os.listdir(out)) == OUTPUTS
+    events = [name for name in os.listdir(out) if name.startswith("events.out.tfevents.")]
+    assert set(os.listdir(out)) - set(events) == OUTPUTS
+    # rank 0 alone (one pid): the training's event file and the final metrics'
+    assert len(events) == 2 and len({name.split(".")[-2] for name in events}) == 1
+    assert result.stderr.count("epoch 1/1 done") == 1 and result.stderr.count("evaluating") == 1  # rank 0 prints
     assert result.stdout.count("2 processes") == 1 and result.stdout.count('"knn_accuracy"') == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 4 and 0.0 < metrics["knn_accuracy"] <= 1.0

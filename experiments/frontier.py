@@ -219,10 +219,21 @@ def collect(jobs: List[dict]) -> List[dict]:
         path = job["dir"] / "frontier.json"
         if not _measured(path, job["posthoc"]):
             continue
-        for row in json.loads(path.read_text())["rows"]:
+        measured = json.loads(path.read_text())["rows"]
+        for row in drop_repeated_mean(measured):
             rows.append({"design": job["design"], "knob_key": job["knob_key"], "knob": job["knob"],
                          "seed": job["seed"], **row})
     return rows
+
+
+def drop_repeated_mean(rows: List[dict]) -> List[dict]:
+    """A run's rows without a ``mean`` row that equals its ``mode`` row in every metric: the same features (a
+    point-mass posterior, e.g. top-k, whose mean is its mode; such runs measured today have no ``mean`` row)."""
+    def scores(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k != "variant"}
+
+    modes = [scores(r) for r in rows if r["variant"] == "mode"]
+    return [r for r in rows if not (r["variant"] == "mean" and scores(r) in modes)]
 
 
 def _fmt(point: dict, metric: str) -> str:

@@ -1,6 +1,7 @@
 """The frontier protocol: post-hoc baselines against brute force, the summary (mean ± std, Pareto front, goal
 check) against hand-made points, and frontier.py end to end on tiny runs (resumable, refuses foreign runs, and its
 measurements agree with each run's own end-of-run evaluation)."""
+import importlib.util
 import json
 import math
 import statistics
@@ -140,6 +141,19 @@ def _frontier(tmp_path, *extra):
 
 
 @pytest.mark.slow
+def test_a_mean_row_equal_to_the_mode_row_is_dropped():
+    spec = importlib.util.spec_from_file_location("experiments_frontier", ROOT / "experiments" / "frontier.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    drop_repeated_mean = module.drop_repeated_mean
+    mode = {"variant": "mode", "param": None, "knn_accuracy": 0.7, "semantic_consistency": 0.6}
+    same = dict(mode, variant="mean")
+    other = dict(mode, variant="mean", semantic_consistency=0.61)
+    assert drop_repeated_mean([mode, same]) == [mode]
+    assert drop_repeated_mean([mode, other]) == [mode, other]
+    assert drop_repeated_mean([same]) == [same]  # no mode row to compare with: kept
+
+
 def test_frontier_end_to_end(tmp_path):
     (tmp_path / "designs.yaml").write_text(DESIGNS)
     result = _frontier(tmp_path)

@@ -74,7 +74,7 @@ def main(args):
     set_backends(device, args.deterministic)
     settings = dict(batch_size=args.batch_size, width=args.width, backbone=args.backbone, cifar_stem=args.cifar_stem,
                     hidden_dim=args.hidden_dim, feature_dim=args.feature_dim)
-    config = Config(method=args.method, **settings).resolved()
+    config = Config(method=args.method, guide=args.guide if args.method == "bayesncl" else None, **settings).resolved()
     simclr_config = Config(method="cl", **settings).resolved()
     torch.manual_seed(0)
     accelerated = args.amp != "none" or args.channels_last or args.compile
@@ -123,6 +123,9 @@ def main(args):
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", default="bayesncl")
+    parser.add_argument("--guide", default="relaxed_st", choices=["relaxed_st"],
+                        help="bayesncl's gate: the sampled gate with a head, the one the plain step writes by hand "
+                             "(the default top-k gate has no head and no sampling)")
     parser.add_argument("--backbone", default="small_resnet")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--hidden-dim", type=int, default=Config.hidden_dim, help="projector and gate head width")

@@ -39,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, build_parser, config_from_args,  # noqa: E402
-                             read_run_config)
+                             changed_settings, read_run_config)
 from pyro_ncl.frontier import METRICS, goal_check, measure_features, summarise, variants  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -127,8 +127,7 @@ def settings_differ(run_dir: Path, wanted: dict) -> List[str]:
     lacks, written by an older version, counts as that setting's default)."""
     saved = read_run_config(run_dir)
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    return [f"{k}: {saved.get(k, defaults.get(k))!r} → {v!r}" for k, v in wanted.items()
-            if k not in BOOKKEEPING and saved.get(k, defaults.get(k)) != v]
+    return [f"{k}: {saved.get(k, defaults.get(k))!r} → {wanted[k]!r}" for k in changed_settings(saved, wanted)]
 
 
 def _env(threads: int) -> dict:

@@ -30,8 +30,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, OneLineParser, build_parser,  # noqa: E402
-                             config_from_args, config_from_run, read_run_config)
+from pyro_ncl.config import (FIELD_NAMES, Config, OneLineParser, build_parser,  # noqa: E402
+                             changed_settings, config_from_args, config_from_run, read_run_config)
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.run_folder import read_metrics  # noqa: E402
 from pyro_ncl.system import check_parts  # noqa: E402
@@ -86,19 +86,18 @@ def point_config(point: Dict[str, str], extra: List[str], run_dir: Path) -> Conf
     return config
 
 
-def changed_settings(run_dir: Path, config: Config) -> List[str]:
+def settings_changed(run_dir: Path, config: Config) -> List[str]:
     """The settings (bookkeeping aside) in which the run saved in ``run_dir`` differs from ``config``."""
     try:
         saved = read_run_config(run_dir)
     except ValueError:
         return ["config.json"]
-    wanted = config.to_dict()
-    return sorted(k for k in wanted if k not in BOOKKEEPING and saved.get(k) != wanted[k])
+    return changed_settings(saved, config.to_dict())
 
 
 def run_point(point: Dict[str, str], run_dir: Path, extra: List[str], config: Config) -> Tuple[bool, str]:
     """Run (or resume, or skip) one point; (succeeded, what happened)."""
-    changed = changed_settings(run_dir, config) if (run_dir / "config.json").exists() else None
+    changed = settings_changed(run_dir, config) if (run_dir / "config.json").exists() else None
     if changed == [] and (run_dir / "metrics.json").exists():
         return True, "done before"
     if changed == [] and (run_dir / "checkpoint.pt").exists():

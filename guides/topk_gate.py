@@ -65,6 +65,11 @@ class TopKGate(GateGuide):
         keep = torch.zeros_like(z, dtype=torch.bool).scatter_(-1, torch.topk(z, k, dim=-1).indices, True)
         return torch.where(keep, torch.full_like(z, SURE), torch.full_like(z, -SURE)).float()
 
+    def probs(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [N, F], z [N, K] → [N, K] q(m_d = 1 | x) of the point mass: exactly 1 on the kept entries, 0 elsewhere
+        (σ(±SURE) would leave 1e-13 on the dropped ones, a slightly different "mean" gate)."""
+        return self.mode(h, z)
+
     def posterior(self, logits):
         return dist.Delta((logits > 0).to(logits.dtype))
 

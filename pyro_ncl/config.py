@@ -295,6 +295,17 @@ BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "download", 
                "tensorboard")
 
 
+def changed_settings(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]:
+    """The settings (bookkeeping aside) in which a run's saved config.json differs from the settings ``wanted``
+    (``Config.to_dict``, resolved). A setting the saved run lacks (written by an older version) counts as its
+    default; a wanted "auto" setting (None, e.g. ``--gpu-augment``) matches whatever the run resolved it to."""
+    meta = {f.name: f for f in fields(Config)}
+    auto = {name for name, f in meta.items() if f.metadata.get("shown") == "auto"}
+    return sorted(k for k, v in wanted.items()
+                  if k not in BOOKKEEPING and not (v is None and k in auto)
+                  and saved.get(k, meta[k].default if k in meta else None) != v)
+
+
 def dataset_options(config: Config) -> Dict[str, Any]:
     """The dataset-specific settings that were given (a dataset refuses options it does not take, by name)."""
     return {k: getattr(config, k) for k in DATASET_OPTIONS if getattr(config, k) not in (None, False)}

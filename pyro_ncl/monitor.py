@@ -27,6 +27,8 @@ def monitor_images(data: DataBundle, n: int, batch_size: int) -> Tuple[torch.Ten
 
         samples = spread_subset(data.train_samples, n)
         x = torch.stack([data.eval_transform(load_rgb(path)) for path, _ in samples])
+        if data.device_normalize is not None:  # uint8 from eval_transform, finished as the evaluation batches are
+            x = data.device_normalize(x)
         return x, torch.tensor([label for _, label in samples])
     xs, ys, have = [], [], 0
     for x, y in data.eval_batches("train", batch_size, "cpu"):

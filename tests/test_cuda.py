@@ -42,7 +42,8 @@ def _no_validation():
 
 
 def _config(**extra):
-    return Config(width=4, hidden_dim=32, feature_dim=16, batch_size=B, **extra).resolved()
+    """The sampled gate with a head (``relaxed_st``) unless ``extra`` names another guide."""
+    return Config(width=4, hidden_dim=32, feature_dim=16, batch_size=B, **{"guide": "relaxed_st", **extra}).resolved()
 
 
 def _inputs(device, channels=3, size=16):

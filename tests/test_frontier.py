@@ -141,6 +141,17 @@ def _frontier(tmp_path, *extra):
 
 
 @pytest.mark.slow
+def test_changed_settings_default_missing_keys_and_accept_a_resolved_auto():
+    from pyro_ncl.config import Config, changed_settings
+    wanted = Config(method="ncl").resolved().to_dict()  # gpu_augment None: "auto", resolved by the run
+    saved = dict(wanted, gpu_augment=False, num_workers=0, out="elsewhere")  # what a CPU run records
+    assert changed_settings(saved, wanted) == []
+    assert changed_settings(saved, dict(wanted, gpu_augment=True)) == ["gpu_augment"]  # asked for explicitly
+    older = {k: v for k, v in saved.items() if k != "test_gate"}  # written before --test-gate existed
+    assert changed_settings(older, wanted) == []
+    assert changed_settings(older, dict(wanted, test_gate="mean", temperature=0.5)) == ["temperature", "test_gate"]
+
+
 def test_a_mean_row_equal_to_the_mode_row_is_dropped():
     spec = importlib.util.spec_from_file_location("experiments_frontier", ROOT / "experiments" / "frontier.py")
     module = importlib.util.module_from_spec(spec)

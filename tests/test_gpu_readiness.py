@@ -238,7 +238,7 @@ def test_folder_workers_ship_uint8_views_and_the_device_finishes_them(tmp_path, 
 
 def test_in_memory_shards_augment_only_their_own_images():
     g = torch.Generator().manual_seed(0)
-    split = ImageTensors(torch.randint(0, 256, (32, 3, 12, 12), dtype=torch.uint8, generator=g), torch.arange(32))
+    split = ImageTensors(torch.randint(0, 256, (32, 3, 12, 12), dtype=torch.uint8, generator=g), torch.arange(32) % 4)
     data = InMemoryData("m", split, split, 4, [0.5] * 3, [0.25] * 3, augment=BatchAugment(12, grayscale_prob=0.3))
     seen = []
     original = data.augment.__class__.__call__

@@ -76,7 +76,7 @@ def test_run_writes_the_logged_scalars_gate_figures_and_hparams(tiny_run):
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert hparams["prior_prob"].number_value == pytest.approx(config["prior_prob"])
-    assert hparams["guide"].string_value == config["guide"] == "relaxed_st"
+    assert hparams["guide"].string_value == config["guide"] == "topk"
     assert hparams["subset"].number_value == config["subset"]
     assert not set(hparams) & set(BOOKKEEPING)  # where and how it ran is no hyperparameter
 
@@ -130,7 +130,7 @@ def test_resumed_run_replaces_the_steps_it_writes_again(tmp_path):
 
 def test_gate_monitor_matches_a_direct_computation():
     data = _memory_data(n=40)
-    config = Config(width=4, hidden_dim=16, feature_dim=8).resolved()
+    config = Config(width=4, hidden_dim=16, feature_dim=8, guide="relaxed_st").resolved()  # a gate head
     system = build_system(config, in_channels=1, num_classes=4)
     system.train()
     buffers = {k: v.clone() for k, v in system.state_dict().items()}
@@ -217,8 +217,8 @@ def test_overwrite_removes_the_old_runs_event_files(tmp_path):
     out.mkdir()
     (out / "events.out.tfevents.123.host.1.0").write_bytes(b"old")
     with pytest.raises(ValueError, match="events.out.tfevents"):
-        run_svi.prepare_out_dir(Config(out=str(out)))
-    run_svi.prepare_out_dir(Config(out=str(out), overwrite=True))
+        run_svi.refuse_earlier_run(Config(out=str(out)))
+    run_svi.start_run_folder(Config(out=str(out), overwrite=True), out)
     assert not list(out.glob(tensorboard.EVENT_FILES))
 
 

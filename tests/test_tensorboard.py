@@ -23,6 +23,7 @@ from pyro_ncl.data.folder import FolderData
 from pyro_ncl.monitor import GateMonitor, monitor_images
 from pyro_ncl.system import build_system
 from pyro_ncl.train import seed_everything, train
+from conftest import TINY_RUN_FLAGS  # tests/ is on sys.path (pytest's default prepend import mode)
 
 EventAccumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator").EventAccumulator
 plugin_data_pb2 = pytest.importorskip("tensorboard.plugins.hparams.plugin_data_pb2")
@@ -235,8 +236,11 @@ def test_sweep_points_and_references_form_one_tensorboard_logdir(tiny_run, tmp_p
     shutil.copytree(tiny_run("bayesncl"), out / "prior_prob=0.8")
     reference = tiny_run("ncl")
     sweep = script("sweep")
-    sweep.main(argparse.Namespace(out=str(out), grid=["prior_prob=0.8"], reference=[str(reference)], run_args=[]))
-    assert f"tensorboard --logdir {out}" in capsys.readouterr().out
+    sweep.main(argparse.Namespace(out=str(out), grid=["prior_prob=0.8"], reference=[str(reference)],
+                                  run_args=[*TINY_RUN_FLAGS, "--method", "bayesncl"]))  # the copied run's settings
+    printed = capsys.readouterr().out
+    assert "prior_prob=0.8: ok done before" in printed  # reused, not trained again
+    assert f"tensorboard --logdir {out}" in printed
     linked = events(out / "references" / "ncl").Scalars("train/loss")
     assert [e.value for e in linked] == [e.value for e in events(reference).Scalars("train/loss")]
     assert events(out / "prior_prob=0.8").Scalars("train/loss")

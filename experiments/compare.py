@@ -30,7 +30,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import BOOKKEEPING, METHODS, Config, OneLineParser, read_run_config  # noqa: E402
+from pyro_ncl.config import (BOOKKEEPING, METHODS, Config, OneLineParser, exit_on_bad_input,  # noqa: E402
+                             read_run_config)
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.run_folder import read_metrics  # noqa: E402
 from pyro_ncl.tensorboard import link_runs, run_dir_name  # noqa: E402
@@ -180,11 +181,4 @@ def main(args) -> Dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parser().parse_args())
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_bad_input(main, parser().parse_args())

@@ -31,7 +31,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_ncl.config import (FIELD_NAMES, Config, OneLineParser, build_parser,  # noqa: E402
-                             changed_settings, config_from_args, config_from_run, read_run_config)
+                             changed_settings, config_from_args, config_from_run, exit_on_bad_input,
+                             read_run_config)
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.run_folder import read_metrics  # noqa: E402
 from pyro_ncl.system import check_parts  # noqa: E402
@@ -195,11 +196,4 @@ if __name__ == "__main__":
     parser.add_argument("--reference", action="append", default=[], help="finished run folders to add to the table")
     parsed = parser.parse_args(argv)
     parsed.run_args = run_args
-    try:
-        main(parsed)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_bad_input(main, parsed)

@@ -11,12 +11,15 @@ import importlib
 import json
 import math
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
+
+from pyro_ncl.run_folder import read_json_mapping
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "presets"
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -171,6 +174,8 @@ class Config:
         then what settings require of each other. One-line ValueErrors; returns ``self``."""
         for f in fields(self):
             check_setting(f.name, getattr(self, f.name))
+        if self.topk is not None and self.topk > self.feature_dim:
+            raise ValueError(f"--topk must lie in [2, --feature-dim {self.feature_dim}], got {self.topk}")
         if self.subset is not None and self.batch_size > self.subset:
             raise ValueError(f"--batch-size {self.batch_size} is larger than --subset {self.subset}")
         if self.eval_subset is not None and self.knn_k > self.eval_subset:
@@ -349,6 +354,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def exit_on_bad_input(main: Callable[[Any], Any], args: Any) -> Any:
+    """``main(args)`` for a script's ``__main__``: bad input (a ValueError, or an OSError such as an unwritable
+    folder) ends as one line on stderr (``error: ...``) with exit status 2, no traceback."""
+    try:
+        return main(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except OSError as err:
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
+    sys.exit(2)
+
+
 def int_at_least(low: int, high: Optional[int] = None) -> Callable[[str], int]:
     """An argparse ``type``: an integer in [low, high] (a one-line parser error naming the flag otherwise)."""
     def parse(text: str) -> int:
@@ -400,17 +417,9 @@ def read_run_config(run_dir: Path) -> Dict[str, Any]:
     if not Path(run_dir).is_dir():
         raise ValueError(f"{run_dir} is not a folder (expected a run folder holding config.json)")
     try:
-        values = json.loads(path.read_text())
+        return read_json_mapping(path, "setting")
     except FileNotFoundError:
         raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        where = f" ({err.msg} at line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
-        raise ValueError(f"{path} does not parse as JSON{where}") from None
-    except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of setting: value, got {type(values).__name__}")
-    return values
 
 
 def config_from_run(run_dir: Path, unknown: str = "raise", label: Optional[str] = None) -> Config:

@@ -140,18 +140,29 @@ def write_metrics(path: Path, metrics: Dict[str, Any]) -> str:
     return text
 
 
-def read_metrics(path: Path) -> Dict[str, Any]:
-    """A metrics file, null values back as NaN; a one-line ValueError naming the file when it does not parse."""
+def read_json_mapping(path: Path, noun: str) -> Dict[str, Any]:
+    """A JSON file holding a mapping of ``noun``: value; one-line ValueErrors naming the file when it does not
+    parse or holds something else (FileNotFoundError passes through, for callers to name what is missing)."""
     try:
         values = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         where = f" ({err.msg} at line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
         raise ValueError(f"{path} does not parse as JSON{where}") from None
+    except FileNotFoundError:
+        raise
     except OSError as err:
         raise ValueError(f"cannot read {path}: {err.strerror}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a mapping of metric: value, got {type(values).__name__}")
-    return _nan_for_null(values)
+        raise ValueError(f"{path} must hold a mapping of {noun}: value, got {type(values).__name__}")
+    return values
+
+
+def read_metrics(path: Path) -> Dict[str, Any]:
+    """A metrics file, null values back as NaN; a one-line ValueError naming the file when it does not parse."""
+    try:
+        return _nan_for_null(read_json_mapping(path, "metric"))
+    except FileNotFoundError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror}") from None
 
 
 def _finite(value: Any) -> Any:

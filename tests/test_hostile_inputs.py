@@ -64,6 +64,9 @@ CASES = [
     ("prior-prob 1", ["--prior-prob", "1", *OVER], "--prior-prob must lie in (0, 1), got 1.0", False),
     ("checkpoint-every -1", ["--checkpoint-every", "-1", *OVER], "--checkpoint-every must be at least 0", False),
     ("unknown flag", ["--no-such-flag", *OVER], "unrecognized arguments: --no-such-flag", False),
+    ("topk 1", ["--topk", "1", *OVER], "--topk must be at least 2 (one kept entry leaves a one-hot feature", False),
+    ("topk > feature-dim", ["--topk", "200", *OVER], "--topk must lie in [2, --feature-dim 128], got 200", False),
+    ("test-gate median", ["--test-gate", "median", *OVER], "--test-gate: unknown test-time gate 'median'", False),
     # presets: method settings only, every value checked, named by file and key
     ("preset sets out and overwrite", ["--preset", "{preset_out}"], "sets out, overwrite: a preset holds settings",
      False),

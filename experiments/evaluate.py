@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_ncl.checkpoint import CheckpointError  # noqa: E402
-from pyro_ncl.config import OneLineParser, int_at_least  # noqa: E402
+from pyro_ncl.config import OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
 from pyro_ncl.data import DatasetNotFound  # noqa: E402
 from pyro_ncl.inspect import Run, extract_split, gate_frequency_by_class, load_run  # noqa: E402
 from pyro_ncl.metrics import (EPS, dimension_importance, feature_selection, interpretability_suite,  # noqa: E402
@@ -248,12 +248,6 @@ def main(args) -> Dict:
 
 if __name__ == "__main__":
     try:
-        main(parser().parse_args())
-    except (ValueError, DatasetNotFound, CheckpointError) as err:  # bad input: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:  # a full disk, an unreadable file
-        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
-        sys.exit(2)
+        exit_on_bad_input(main, parser().parse_args(), bad_input=(ValueError, DatasetNotFound, CheckpointError))
     except KeyboardInterrupt:
         sys.exit(130)

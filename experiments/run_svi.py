@@ -25,7 +25,8 @@ import pyro
 
 from pyro_ncl import backends, distributed
 from pyro_ncl.checkpoint import CheckpointError, load_latest
-from pyro_ncl.config import Config, build_parser, config_from_args, config_from_run, dataset_options, save_config
+from pyro_ncl.config import (Config, build_parser, config_from_args, config_from_run, dataset_options, os_error_line,
+                             save_config)
 from pyro_ncl.data import DatasetNotFound, load_dataset
 from pyro_ncl.evaluation import evaluate
 from pyro_ncl.plots import plot_loss_curve
@@ -180,7 +181,7 @@ def cli(argv=None) -> int:
         distributed.report_error(str(err))  # under torchrun: one line, from rank 0
         return 2
     except OSError as err:  # a full disk, a file that cannot be read or written
-        distributed.report_error(f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}")
+        distributed.report_error(os_error_line(err))
         return 2
     except (Stopped, Terminated) as err:
         if distributed.is_main():  # under torchrun every process stops; rank 0 says so

@@ -354,15 +354,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def exit_on_bad_input(main: Callable[[Any], Any], args: Any) -> Any:
-    """``main(args)`` for a script's ``__main__``: bad input (a ValueError, or an OSError such as an unwritable
-    folder) ends as one line on stderr (``error: ...``) with exit status 2, no traceback."""
+def os_error_line(err: OSError) -> str:
+    """An OSError (a full disk, an unreadable file) as one line: what went wrong and, where known, the file."""
+    return f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}"
+
+
+def exit_on_bad_input(main: Callable[[Any], Any], args: Any, bad_input: Tuple[type, ...] = (ValueError,)) -> Any:
+    """``main(args)`` for a script's ``__main__``: bad input (``bad_input`` errors, or an OSError such as an
+    unwritable folder) ends as one line on stderr (``error: ...``) with exit status 2, no traceback."""
     try:
         return main(args)
-    except ValueError as err:
+    except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
     except OSError as err:
-        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -1,21 +1,31 @@
 #!/usr/bin/env python
-"""The consistency–accuracy front: gate designs × their sparsity knob × seeds, against NCL and NCL sparsified after
-training, every run measured on the very features it is scored on.
+"""The consistency–accuracy front, in a protocol that cannot flatter a gate: designs × their sparsity knob × seeds,
+against NCL sparsified after training and the trained top-k activation, every choice made on a validation split and
+the test split read once, for the final table.
 
-    python experiments/frontier.py --out runs/frontier -- --subset 10000 --epochs 5
-    python experiments/frontier.py --out runs/frontier --designs ncl,value --seeds 0,1,2 --jobs 2 -- --epochs 5
-    python experiments/frontier.py --out runs/frontier --summary-only      # tables and plot from what is there
+    python experiments/frontier.py --out runs/frontier -- --subset 10000 --epochs 5            # 1. select (val)
+    python experiments/frontier.py --out runs/frontier --final -- --subset 10000 --epochs 5    # 2. report (test)
+    python experiments/frontier.py --out runs/frontier --summary-only                         # tables again
 
-Designs come from ``--designs-file`` (default experiments/frontier_designs.yaml): per design, the run_svi.py
-settings of a method and its parts (``flags``), the sparsity knob swept (``knob``: one setting and its values) and
-``posthoc: true`` for the features sparsified after training (``pyro_ncl.posthoc``). Flags after ``--`` go to every
-run. Every run goes through run_svi.py itself (a subprocess, ``--jobs`` at a time with ``--threads`` threads each)
-into OUT/runs/DESIGN[/KNOB=VALUE]/seed=S; then ``frontier.py --measure RUN_DIR`` scores each of its feature
-variants (``pyro_ncl.frontier``) into RUN_DIR/frontier.json. Finished runs and measurements are skipped (a run
-folder holding another run's settings is refused), and a killed run is resumed from its checkpoint, so the
-script resumes. Writes OUT/frontier.json (every run's rows and the points: mean ± std over seeds), OUT/frontier.md
-(the table, Pareto-optimal points marked ★, and the goal check against NCL and NCL with a threshold) and
-OUT/frontier.png (consistency against kNN, one curve per design, error bars: std over seeds).
+1. *Selection.* Every run holds out the last ``--val-size`` training images (10,000) as a validation split
+   (``run_svi.py --val-size``: training and ``--subset`` use the images before them, the run evaluates on the
+   validation split and never reads the test split). Designs come from ``--designs-file`` (default
+   experiments/frontier_designs.yaml): per design the run_svi.py settings (``flags``), the knob swept (``knob``),
+   ``posthoc: true`` for NCL's features sparsified after training (a dense grid: ``pyro_ncl.frontier``) and
+   ``candidate: true`` for the Bayesian designs that may become the default. Each run is measured on the
+   validation split (RUN_DIR/frontier.json). Then, on the validation split only: each design's chosen point (its
+   most consistent setting and test gate within 1 point of NCL's kNN and linear probe on h), its margins over NCL +
+   threshold, NCL + top-k, all post-hoc cuts together and ``ncl_topk``, each paired by seed at the design's own kNN
+   (mean ± std, wins out of n), and the default: the candidate with the largest mean margin over the post-hoc
+   front. Writes OUT/frontier.md, OUT/frontier.json, OUT/frontier.png and OUT/selection.json.
+2. *Final* (``--final``): the chosen points and NCL, with ``--final-seeds`` (0–4: the seeds beyond the selection's
+   are trained now), measured on the test split — the first time it is read — into OUT/final.md, OUT/final.json
+   and OUT/final.png, with the goal check of the default. The selection is not revisited.
+
+Every run goes through run_svi.py itself (a subprocess, ``--jobs`` at a time with ``--threads`` threads each) into
+OUT/runs/DESIGN[/KNOB=VALUE]/seed=S. Finished runs and measurements are skipped, a killed run is resumed from its
+checkpoint and a folder holding another run's settings is refused, so the script resumes. Flags after ``--`` go to
+every run.
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -40,24 +51,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, build_parser, config_from_args,  # noqa: E402
                              changed_settings, read_run_config)
-from pyro_ncl.frontier import METRICS, goal_check, measure_features, summarise, variants  # noqa: E402
+from pyro_ncl.frontier import (baselines, measure_features, paired_margins, point_key, select,  # noqa: E402
+                               summarise, target_consistency, variants)
 
 HERE = Path(__file__).resolve().parent
 RUN_SVI = HERE / "run_svi.py"
 DESIGNS_FILE = HERE / "frontier_designs.yaml"
-MEASURE_VERSION = 1  # bump when what ``measure`` writes changes: older frontier.json files are measured again
+MEASURE_VERSION = 2  # bump when what ``measure`` writes changes: older frontier.json files are measured again
+REFERENCE, TRAINED = "ncl", "ncl_topk"
 COLUMNS = [("knn_accuracy", "kNN"), ("linear_probe_features", "linear (features)"),
            ("linear_probe_backbone", "linear (h)"), ("semantic_consistency", "consistency"),
-           ("sparsity", "sparsity"), ("active_dims", "active dims"), ("active_per_image", "active / image"),
-           ("selective_dims", "selective dims"), ("open_gates_per_image", "open gates / image"),
-           ("gate_entropy", "gate entropy"), ("closed_active", "closed active"),
-           ("selective_gates", "selective gates")]
+           ("weighted_consistency", "weighted cons."), ("active_dims", "active dims"),
+           ("active_per_image", "active / image"), ("open_gates_per_image", "open gates / image"),
+           ("posterior_entropy", "entropy / image"), ("uncertain_images", "uncertain images"),
+           ("closed_active", "closed active"), ("background_leakage", "leakage")]
+MARGINS = [("threshold", "NCL+threshold"), ("top_k", "NCL+top-k"), ("posthoc", "all post-hoc"),
+           ("trained_top_k", "ncl_topk")]
 
 
 # ---------------------------------------------------------------- designs and runs
 def load_designs(path: Path, names: Optional[List[str]] = None) -> Dict[str, dict]:
-    """``{design: {"flags": {...}, "knob": (key, [values]) or None, "posthoc": bool}}`` from the YAML file, in
-    file order, only ``names`` when given; one-line errors for anything malformed."""
+    """``{design: {"flags": {...}, "knob": (key, [values]) or None, "posthoc": bool, "candidate": bool}}`` from the
+    YAML file, in file order, only ``names`` when given; one-line errors for anything malformed."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -67,7 +82,7 @@ def load_designs(path: Path, names: Optional[List[str]] = None) -> Dict[str, dic
     designs = {}
     for name, spec in raw.items():
         spec = spec or {}
-        unknown = set(spec) - {"flags", "knob", "posthoc", "description"}
+        unknown = set(spec) - {"flags", "knob", "posthoc", "candidate", "description"}
         if unknown:
             raise ValueError(f"--designs-file {path}: design {name!r} has unknown keys {', '.join(sorted(unknown))}")
         flags = spec.get("flags") or {}
@@ -76,11 +91,11 @@ def load_designs(path: Path, names: Optional[List[str]] = None) -> Dict[str, dic
                                  or not isinstance(next(iter(knob.values())), list)):
             raise ValueError(f"--designs-file {path}: design {name!r}: knob must be one setting and a list of values")
         for key in [*flags, *(knob or {})]:
-            if key not in FIELD_NAMES or key in BOOKKEEPING or key == "seed":
+            if key not in FIELD_NAMES or key in BOOKKEEPING or key in ("seed", "val_size"):
                 raise ValueError(f"--designs-file {path}: design {name!r}: {key!r} is not a method setting of "
                                  f"run_svi.py")
         designs[name] = {"flags": flags, "knob": next(iter(knob.items())) if knob else None,
-                         "posthoc": bool(spec.get("posthoc", False))}
+                         "posthoc": bool(spec.get("posthoc", False)), "candidate": bool(spec.get("candidate", False))}
     if names:
         missing = [n for n in names if n not in designs]
         if missing:
@@ -100,8 +115,8 @@ def plan(designs: Dict[str, dict], seeds: List[int], out: Path) -> List[dict]:
                 settings = dict(design["flags"], **({key: value} if key else {}), seed=seed)
                 folder = out / "runs" / name / (f"{key}={value}" if key else "") / f"seed={seed}"
                 jobs.append({"design": name, "knob": value, "knob_key": key, "seed": seed, "dir": folder,
-                             "settings": settings, "posthoc": design["posthoc"], "order": (seeds.index(seed),
-                                                                                          position)})
+                             "settings": settings, "posthoc": design["posthoc"], "candidate": design["candidate"],
+                             "order": (seeds.index(seed), position)})
     return sorted(jobs, key=lambda job: job["order"])
 
 
@@ -141,8 +156,8 @@ def _last_line(result: subprocess.CompletedProcess) -> str:
     return (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or [""])[-1]
 
 
-def run_job(job: dict, run_args: List[str], threads: int, device: str) -> str:
-    """Train (or resume, or skip) the job's run, then measure it (or skip); returns a status line."""
+def run_job(job: dict, run_args: List[str], threads: int, device: str, split: str) -> str:
+    """Train (or resume, or skip) the job's run, then measure it on ``split`` (or skip); returns a status line."""
     run_dir: Path = job["dir"]
     wanted = requested_config(job["settings"], run_args)
     status = []
@@ -163,29 +178,35 @@ def run_job(job: dict, run_args: List[str], threads: int, device: str) -> str:
         if result.returncode != 0:
             raise RuntimeError(f"run_svi failed in {run_dir}: {_last_line(result)}")
         status[-1] += f" in {time.perf_counter() - start:.0f} s"
-    measured = run_dir / "frontier.json"
-    if not _measured(measured, job["posthoc"]):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", str(run_dir), "--device", device]
+    if not _measured(run_dir / "frontier.json", job["posthoc"], split):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", str(run_dir), "--split", split,
+               "--device", device]
         result = subprocess.run(cmd + (["--posthoc"] if job["posthoc"] else []), capture_output=True, text=True,
                                 env=_env(threads))
         if result.returncode != 0:
             raise RuntimeError(f"measuring {run_dir} failed: {_last_line(result)}")
-        status.append("measured")
+        status.append(f"measured on {split}")
     return ", ".join(status) or "done before"
 
 
-def _measured(path: Path, posthoc: bool) -> bool:
+def _record(path: Path) -> dict:
     try:
         saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return saved.get("version") == MEASURE_VERSION and saved.get("posthoc") == posthoc
+        return {}
+    return saved if isinstance(saved, dict) and saved.get("version") == MEASURE_VERSION else {}
+
+
+def _measured(path: Path, posthoc: bool, split: str) -> bool:
+    saved = _record(path)
+    return saved.get("posthoc") == posthoc and split in saved.get("splits", {})
 
 
 # ---------------------------------------------------------------- measuring one run (a subprocess)
-def measure(run_dir: Path, posthoc: bool, device: str) -> List[dict]:
-    """Every feature variant of a finished run, scored with its own settings (probe epochs, kNN k, seed, and
-    evaluation subset); writes RUN_DIR/frontier.json and returns its rows."""
+def measure(run_dir: Path, posthoc: bool, device: str, split: str) -> List[dict]:
+    """Every feature variant of a finished run on ``split`` ("val" or "test"), scored with its own settings (probe
+    epochs, kNN k, seed, evaluation subset) against the training split; stored under ``splits[split]`` of
+    RUN_DIR/frontier.json (the other split's rows are kept); returns the rows."""
     from pyro_ncl.evaluation import extract
     from pyro_ncl.inspect import load_run
     from pyro_ncl.probes import linear_probe
@@ -194,16 +215,26 @@ def measure(run_dir: Path, posthoc: bool, device: str) -> List[dict]:
     device = resolve_device(device)
     run = load_run(run_dir, device=device)
     c = run.config
-    train, test = (extract(run.system, run.data, split, c.eval_batch_size, device, c.eval_subset)
-                   for split in ("train", "test"))
-    probe_h = linear_probe(train["h"], train["y"], test["h"], test["y"], run.data.num_classes,
+    if split == "val" and run.data.val is None:
+        raise ValueError(f"{run_dir} has no validation split (it was trained without --val-size)")
+    parts = {}
+    for name in ("train", split):
+        parts[name] = extract(run.system, run.data, name, c.eval_batch_size, device, c.eval_subset)
+        if hasattr(run.data, "background"):
+            parts[name]["background"] = run.data.background(name)[:len(parts[name]["y"])]
+    train, scored = parts["train"], parts[split]
+    probe_h = linear_probe(train["h"], train["y"], scored["h"], scored["y"], run.data.num_classes,
                            epochs=c.probe_epochs, seed=c.seed, device=device)
     rows = []
-    for variant, param, tr, te in variants(train, test, posthoc):
+    for variant, param, tr, te in variants(train, scored, posthoc):
         scores = measure_features(tr, te, run.data.num_classes, probe_epochs=c.probe_epochs, knn_k=c.knn_k,
                                   seed=c.seed, device=device)
         rows.append({"variant": variant, "param": param, "linear_probe_backbone": probe_h, **scores})
-    record = {"version": MEASURE_VERSION, "posthoc": posthoc, "seed": c.seed, "rows": rows}
+    record = _record(run_dir / "frontier.json")
+    if record.get("posthoc") != posthoc:
+        record = {}
+    record.update(version=MEASURE_VERSION, posthoc=posthoc, seed=c.seed)
+    record.setdefault("splits", {})[split] = rows
     tmp = run_dir / "frontier.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, run_dir / "frontier.json")
@@ -211,28 +242,17 @@ def measure(run_dir: Path, posthoc: bool, device: str) -> List[dict]:
 
 
 # ---------------------------------------------------------------- the summary
-def collect(jobs: List[dict]) -> List[dict]:
-    """Every measured run's rows, labelled with its design, knob value and seed."""
+def collect(jobs: List[dict], split: str) -> List[dict]:
+    """Every measured run's rows on ``split``, labelled with its design, knob value and seed."""
     rows = []
     for job in jobs:
         path = job["dir"] / "frontier.json"
-        if not _measured(path, job["posthoc"]):
+        if not _measured(path, job["posthoc"], split):
             continue
-        measured = json.loads(path.read_text())["rows"]
-        for row in drop_repeated_mean(measured):
+        for row in _record(path)["splits"][split]:
             rows.append({"design": job["design"], "knob_key": job["knob_key"], "knob": job["knob"],
                          "seed": job["seed"], **row})
     return rows
-
-
-def drop_repeated_mean(rows: List[dict]) -> List[dict]:
-    """A run's rows without a ``mean`` row that equals its ``mode`` row in every metric: the same features (a
-    point-mass posterior, e.g. top-k, whose mean is its mode; such runs measured today have no ``mean`` row)."""
-    def scores(row: dict) -> dict:
-        return {k: v for k, v in row.items() if k != "variant"}
-
-    modes = [scores(r) for r in rows if r["variant"] == "mode"]
-    return [r for r in rows if not (r["variant"] == "mean" and scores(r) in modes)]
 
 
 def _fmt(point: dict, metric: str) -> str:
@@ -240,7 +260,15 @@ def _fmt(point: dict, metric: str) -> str:
     if n == 0 or not math.isfinite(mean):
         return "–"
     digits = 1 if metric in ("active_dims", "active_per_image", "open_gates_per_image") else 3
+    if metric == "posterior_entropy":
+        digits = 2
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+def _fmt_margin(m: Optional[dict]) -> str:
+    if not m or not m["n"]:
+        return "–"
+    return f"{m['mean']:+.3f} ± {m['std']:.3f} ({m['wins']}/{m['n']})"
 
 
 def point_label(point: dict, knob_keys: Dict[str, str]) -> str:
@@ -250,83 +278,183 @@ def point_label(point: dict, knob_keys: Dict[str, str]) -> str:
     if point["param"] is not None:
         parts.append({"threshold": "q", "top-k": "k", "rate-cap": "r"}.get(point["variant"], "p")
                      + f"={point['param']}")
+    if point["variant"] in ("mode", "mean"):
+        parts.append(f"test gate {point['variant']}")
     return ", ".join(parts)
 
 
-def write_markdown(points: List[dict], checks: List[dict], knob_keys: Dict[str, str], path: Path,
-                   header: str) -> None:
-    lines = [header, "", "Mean ± std over seeds; ★ = Pareto-optimal in (kNN, consistency) among all points.", "",
-             "| curve | setting | seeds | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(COLUMNS)]
+def _table(points: List[dict], knob_keys: Dict[str, str]) -> List[str]:
+    columns = [(m, label) for m, label in COLUMNS if any(p[f"{m}_n"] for p in points)]
+    lines = ["| curve | setting | seeds | " + " | ".join(label for _, label in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for p in points:
         star = " ★" if p["pareto"] else ""
         lines.append(f"| {p['curve']}{star} | {point_label(p, knob_keys)} | {len(p['seeds'])} | "
-                     + " | ".join(_fmt(p, metric) for metric, _ in COLUMNS) + " |")
-    if checks:
-        target = checks[0]["target"]
-        lines += ["", f"## Goal check (target consistency {target:.3f} = NCL + ½(1 − NCL), at kNN and linear (h) "
-                      f"within 1 point of NCL's)", "",
-                  "Each curve's most consistent point within 1 point of NCL's kNN and linear probe on h, against "
-                  "NCL sparsified after training at the same kNN (the post-hoc front, interpolated).", "",
-                  "| curve | best point | kNN | consistency | NCL+threshold at its kNN | NCL+top-k at its kNN | "
-                  "meets target | beats threshold | beats top-k |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for check in checks:
-            best = check["best"]
-            if best is None:
-                lines.append(f"| {check['curve']} | no point within 1 point of NCL's kNN and linear (h) "
-                             f"| – | – | – | – | no | – | – |")
-                continue
-            bars = [f"{check[k]:.3f}" if check[k] is not None else "–" for k in ("threshold", "top_k")]
-            flags = ["yes" if check[k] else "no" for k in ("meets_target", "beats_threshold", "beats_top_k")]
-            lines.append(f"| {check['curve']} | {point_label(best, knob_keys)} | {_fmt(best, 'knn_accuracy')} | "
-                         f"{_fmt(best, 'semantic_consistency')} | {' | '.join(bars)} | {' | '.join(flags)} |")
-    path.write_text("\n".join(lines) + "\n")
+                     + " | ".join(_fmt(p, metric) for metric, _ in columns) + " |")
+    return lines
 
 
-def plot(points: List[dict], checks: List[dict], path: Path) -> None:
+def _selection_table(chosen: Dict[str, dict], knob_keys: Dict[str, str]) -> List[str]:
+    lines = ["| design | chosen point | within 1 pt of NCL | kNN | consistency | "
+             + " | ".join(f"vs {label}" for _, label in MARGINS) + " |", "|---|---|---|---|---|" + "---|" * len(MARGINS)]
+    for design, entry in chosen.items():
+        p = entry["point"]
+        lines.append(f"| {design} | {point_label(p, knob_keys)} | {'yes' if entry['eligible'] else 'no'} | "
+                     f"{_fmt(p, 'knn_accuracy')} | {_fmt(p, 'semantic_consistency')} | "
+                     + " | ".join(_fmt_margin(entry["margins"].get(name)) for name, _ in MARGINS) + " |")
+    return lines
+
+
+def choose_default(chosen: Dict[str, dict], candidates: List[str]) -> Optional[str]:
+    """The candidate design with a point within 1 point of NCL whose mean paired margin over the post-hoc front
+    is largest (None without one)."""
+    scored = [(entry["margins"]["posthoc"]["mean"], design) for design, entry in chosen.items()
+              if design in candidates and entry["eligible"] and entry["margins"].get("posthoc", {}).get("n")]
+    return max(scored)[1] if scored else None
+
+
+def plot(points: List[dict], path: Path, split: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 6.5))
-    curves = list(dict.fromkeys(p["curve"] for p in points))
-    for curve in curves:
-        members = [p for p in points if p["curve"] == curve and math.isfinite(p["knn_accuracy"])]
-        members.sort(key=lambda p: p["knn_accuracy"])
+    for curve in dict.fromkeys(p["curve"] for p in points):
+        members = sorted((p for p in points if p["curve"] == curve and math.isfinite(p["knn_accuracy"])),
+                         key=lambda p: p["knn_accuracy"])
         if not members:
             continue
         style = dict(marker="*", markersize=14, linestyle="none") if len(members) == 1 else dict(marker="o")
         ax.errorbar([p["knn_accuracy"] for p in members], [p["semantic_consistency"] for p in members],
                     xerr=[p["knn_accuracy_std"] for p in members],
                     yerr=[p["semantic_consistency_std"] for p in members], capsize=2, label=curve, **style)
-    if checks:
-        ax.axhline(checks[0]["target"], color="grey", linestyle="--", linewidth=1, label="goal: NCL + ½(1 − NCL)")
-    ref = next((p for p in points if p["curve"] == "ncl"), None)
+    ref = next((p for p in points if p["curve"] == REFERENCE), None)
     if ref is not None:
+        ax.axhline(target_consistency(ref), color="grey", linestyle="--", linewidth=1, label="goal: NCL + ½(1 − NCL)")
         ax.axvspan(ref["knn_accuracy"] - 0.01, ax.get_xlim()[1], color="grey", alpha=0.08,
                    label="kNN within 1 point of NCL")
-    ax.set(xlabel="kNN accuracy on the evaluated features (test)", ylabel="semantic consistency (test)",
-           title="consistency–accuracy front (mean ± std over seeds)")
+    ax.set(xlabel=f"kNN accuracy on the evaluated features ({split})", ylabel=f"semantic consistency ({split})",
+           title=f"consistency–accuracy front on the {split} split (mean ± std over seeds)")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-def summary(jobs: List[dict], out: Path, header: str) -> List[dict]:
-    rows = collect(jobs)
-    points = summarise(rows)
+def _order(points: List[dict], jobs: List[dict]) -> List[dict]:
     order = {name: i for i, name in enumerate(dict.fromkeys(j["design"] for j in jobs))}
-    points.sort(key=lambda p: (order.get(p["design"], 0), p["variant"], _sort_key(p["knob"]),
-                               _sort_key(p["param"])))
-    knob_keys = {j["design"]: j["knob_key"] for j in jobs if j["knob_key"]}
-    checks = goal_check(points)
-    (out / "frontier.json").write_text(json.dumps({"rows": rows, "points": points}, indent=1, default=str))
-    write_markdown(points, checks, knob_keys, out / "frontier.md", header)
-    if points:
-        plot(points, checks, out / "frontier.png")
-    return points
+    return sorted(points, key=lambda p: (order.get(p["design"], 0), p["variant"], _sort_key(p["knob"]),
+                                         _sort_key(p["param"])))
 
 
 def _sort_key(value):
     return (0, float(value)) if isinstance(value, (int, float)) else (1, str(value))
+
+
+def summary(jobs: List[dict], out: Path, header: str) -> dict:
+    """The selection stage's outputs, from the validation split only."""
+    rows = collect(jobs, "val")
+    points = _order(summarise(rows), jobs)
+    knob_keys = {j["design"]: j["knob_key"] for j in jobs if j["knob_key"]}
+    chosen = select(rows, points, REFERENCE, TRAINED)
+    candidates = list(dict.fromkeys(j["design"] for j in jobs if j["candidate"]))
+    default = choose_default(chosen, candidates)
+    selection = {design: {"knob_key": knob_keys.get(design), "knob": e["point"]["knob"],
+                          "variant": e["point"]["variant"], "eligible": e["eligible"]}
+                 for design, e in chosen.items()}
+    (out / "selection.json").write_text(json.dumps({"designs": selection, "default": default,
+                                                    "candidates": candidates}, indent=1))
+    (out / "frontier.json").write_text(json.dumps({"split": "val", "rows": rows, "points": points,
+                                                   "chosen": chosen, "default": default}, indent=1, default=str))
+    lines = [header, "", "All numbers on the **validation split** (the last training images, held out); the test "
+             "split is not read. Mean ± std over seeds; ★ = Pareto-optimal in (kNN, consistency).", "",
+             *_table(points, knob_keys)]
+    if chosen:
+        ref = next(p for p in points if p["curve"] == REFERENCE)
+        lines += ["", "## Selection (validation split)", "",
+                  f"Each design's most consistent point within 1 point of NCL's kNN and linear probe on h (NCL: kNN "
+                  f"{_fmt(ref, 'knn_accuracy')}, consistency {_fmt(ref, 'semantic_consistency')}; target "
+                  f"{target_consistency(ref):.3f}). Margins: the point's consistency minus the baseline front's at "
+                  f"the point's kNN, paired by seed (mean ± std, wins/n).", "",
+                  *_selection_table(chosen, knob_keys), "",
+                  f"Default (the candidate with the largest mean margin over all post-hoc cuts): "
+                  f"**{default or 'none: no candidate design has a point within 1 point of NCL'}**."]
+    (out / "frontier.md").write_text("\n".join(lines) + "\n")
+    if points:
+        plot(points, out / "frontier.png", "validation")
+    return {"points": points, "chosen": chosen, "default": default}
+
+
+# ---------------------------------------------------------------- the final stage (test split, read once)
+def final_designs(designs: Dict[str, dict], selection: dict) -> Dict[str, dict]:
+    """NCL (with its post-hoc cuts) and each selected design at its chosen knob value."""
+    out = {}
+    for name, design in designs.items():
+        if name == REFERENCE:
+            out[name] = design
+        elif name in selection["designs"]:
+            chosen = selection["designs"][name]
+            knob = (design["knob"][0], [chosen["knob"]]) if design["knob"] else None
+            out[name] = dict(design, knob=knob)
+    return out
+
+
+def final_summary(jobs: List[dict], out: Path, header: str, selection: dict) -> dict:
+    rows = collect(jobs, "test")
+    chosen_keys = {(d, s["knob"], s["variant"]) for d, s in selection["designs"].items()}
+    rows = [r for r in rows if r["design"] == REFERENCE or (r["design"], r["knob"], r["variant"]) in chosen_keys
+            or r["design"] == TRAINED]
+    points = _order(summarise(rows), jobs)
+    knob_keys = {j["design"]: j["knob_key"] for j in jobs if j["knob_key"]}
+    fronts = baselines(REFERENCE, TRAINED)
+    ref = next((p for p in points if p["curve"] == REFERENCE), None)
+    report = {}
+    for p in points:
+        if p["design"] == REFERENCE:
+            continue
+        own = {k: v for k, v in fronts.items() if p["design"] not in {c.split("+")[0] for g in v for c in g}}
+        report[p["design"]] = {"point": p, "eligible": ref is not None and p["knn_accuracy"] >= ref["knn_accuracy"]
+                               - 0.01 and p["linear_probe_backbone"] >= ref["linear_probe_backbone"] - 0.01,
+                               "margins": paired_margins(rows, point_key(p), own)}
+    default = selection.get("default")
+    lines = [header, "", "The points chosen on the validation split (`selection.json`), measured on the **test "
+             "split**. Mean ± std over seeds; margins paired by seed at each design's own kNN (mean ± std, "
+             "wins/n).", "", *_table(points, knob_keys), "", "## Margins (test split)", "",
+             *_selection_table(report, knob_keys)]
+    goal = {}
+    if ref is not None and default in report:
+        entry, p = report[default], report[default]["point"]
+        target = target_consistency(ref)
+        margins = entry["margins"]
+        goal = {"design": default, "knn_within_1pt": p["knn_accuracy"] >= ref["knn_accuracy"] - 0.01,
+                "above_threshold_every_seed": _every(margins.get("threshold")),
+                "above_top_k_every_seed": _every(margins.get("top_k")),
+                "above_ncl_topk_every_seed": _every(margins.get("trained_top_k")),
+                "target": target, "meets_target": p["semantic_consistency"] >= target,
+                "share_to_target": (p["semantic_consistency"] - ref["semantic_consistency"])
+                / (target - ref["semantic_consistency"]),
+                "uncertain_images": p["uncertain_images"], "not_degenerate": p["uncertain_images"] >= 0.1}
+        lines += ["", f"## Goal check of the default `{default}` (test split)", "",
+                  f"- kNN {_fmt(p, 'knn_accuracy')} against NCL's {_fmt(ref, 'knn_accuracy')}: "
+                  f"{'within' if goal['knn_within_1pt'] else 'not within'} 1 point;",
+                  f"- consistency {_fmt(p, 'semantic_consistency')} against NCL's "
+                  f"{_fmt(ref, 'semantic_consistency')}; target NCL + ½(1 − NCL) = {target:.3f} "
+                  f"({'met' if goal['meets_target'] else 'not met'}; {goal['share_to_target']:.0%} of the way);",
+                  f"- above NCL + threshold in every seed: {_yes(goal['above_threshold_every_seed'])}; above NCL + "
+                  f"top-k: {_yes(goal['above_top_k_every_seed'])}; above ncl_topk: "
+                  f"{_yes(goal['above_ncl_topk_every_seed'])};",
+                  f"- test images with an uncertain gate (0.1 < q < 0.9): {_fmt(p, 'uncertain_images')} "
+                  f"({'at least' if goal['not_degenerate'] else 'below'} 10%)."]
+    (out / "final.md").write_text("\n".join(lines) + "\n")
+    (out / "final.json").write_text(json.dumps({"split": "test", "rows": rows, "points": points, "report": report,
+                                                "goal": goal}, indent=1, default=str))
+    if points:
+        plot(points, out / "final.png", "test")
+    return {"points": points, "report": report, "goal": goal}
+
+
+def _every(m: Optional[dict]) -> Optional[bool]:
+    return None if not m or not m["n"] else m["wins"] == m["n"]
+
+
+def _yes(flag: Optional[bool]) -> str:
+    return "–" if flag is None else "yes" if flag else "no"
 
 
 # ---------------------------------------------------------------- main
@@ -335,42 +463,82 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder of the frontier (runs/ holds one folder per run)")
     p.add_argument("--designs", default=None, help="comma-separated designs to run (default: all in the file)")
     p.add_argument("--designs-file", default=str(DESIGNS_FILE), help="YAML of designs (default: %(default)s)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the selection stage (default: 0,1,2)")
+    p.add_argument("--final", action="store_true", help="the final stage: the selected points and NCL on the test "
+                                                        "split, with --final-seeds")
+    p.add_argument("--final-seeds", default="0,1,2,3,4", help="seeds of the final stage (default: 0,1,2,3,4)")
+    p.add_argument("--val-size", type=int, default=10000, help="training images held out as the validation "
+                                                               "split of every run (default: 10000)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2)")
     p.add_argument("--threads", type=int, default=1, help="threads per run (default: 1)")
     p.add_argument("--device", default="cpu", help="device of the measurement (default: cpu; training: the runs' "
                                                    "--device, auto by default)")
     p.add_argument("--summary-only", action="store_true", help="only tabulate and plot what is measured")
     p.add_argument("--measure", default=None, metavar="RUN_DIR", help=argparse.SUPPRESS)
+    p.add_argument("--split", default="val", choices=("val", "test"), help=argparse.SUPPRESS)
     p.add_argument("--posthoc", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
-def main(args, run_args: List[str]) -> List[dict]:
+def _seeds(text: str, flag: str) -> List[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise ValueError(f"{flag} is empty")
+    return seeds
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(args, run_args: List[str]) -> dict:
     if args.measure:
-        return measure(Path(args.measure), args.posthoc, args.device)
+        return measure(Path(args.measure), args.posthoc, args.device, args.split)
     if not args.out:
         raise ValueError("--out is required (the frontier's folder)")
     if args.jobs < 1 or args.threads < 1:
         raise ValueError(f"--jobs and --threads must be at least 1, got {args.jobs} and {args.threads}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    if not seeds:
-        raise ValueError("--seeds is empty")
+    if args.val_size < 1:
+        raise ValueError(f"--val-size must be at least 1, got {args.val_size}")
+    if any(a == "--val-size" or a.startswith("--val-size=") for a in run_args):
+        raise ValueError("--val-size belongs before `--` (frontier.py holds out the same validation split in "
+                         "every run)")
+    run_args = [*run_args, f"--val-size={args.val_size}"]
     designs = load_designs(Path(args.designs_file), args.designs.split(",") if args.designs else None)
+    if REFERENCE not in designs:
+        raise ValueError(f"the designs must include {REFERENCE!r} (the reference and its post-hoc cuts)")
     out = Path(args.out)
+    selection = None
+    if args.final:
+        try:
+            selection = json.loads((out / "selection.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ValueError(f"{out / 'selection.json'} is missing or unreadable: run the selection stage first "
+                             f"(frontier.py --out {out} without --final)") from None
+        designs = final_designs(designs, selection)
+        seeds, split = _seeds(args.final_seeds, "--final-seeds"), "test"
+    else:
+        seeds, split = _seeds(args.seeds, "--seeds"), "val"
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan(designs, seeds, out)
     for job in jobs:  # bad settings are refused before anything runs
         requested_config(job["settings"], run_args)
-    header = (f"# Consistency–accuracy front\n\nCommand: `python experiments/frontier.py {' '.join(sys.argv[1:])}`"
-              if not args.summary_only else "# Consistency–accuracy front")
+    command = f"python experiments/frontier.py {' '.join(sys.argv[1:])}"
+    header = (f"# Consistency–accuracy front{' (final)' if args.final else ''}\n\n"
+              + (f"Command: `{command}`; CPU: {cpu_model()}" if not args.summary_only else f"CPU: {cpu_model()}"))
     failures = []
     if not args.summary_only:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(run_job, job, run_args, args.threads, args.device): job for job in jobs}
+            futures = {pool.submit(run_job, job, run_args, args.threads, args.device, split): job for job in jobs}
             for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
                 job = futures[future]
                 try:
@@ -379,11 +547,15 @@ def main(args, run_args: List[str]) -> List[dict]:
                     failures.append(str(err))
                     message = f"FAILED: {err}"
                 print(f"[{i}/{len(jobs)}] {job['dir'].relative_to(out)}: {message}", flush=True)
-    points = summary(jobs, out, header)
-    print((out / "frontier.md").read_text())
+    if args.final:
+        result = final_summary(jobs, out, header, selection)
+        print((out / "final.md").read_text())
+    else:
+        result = summary(jobs, out, header)
+        print((out / "frontier.md").read_text())
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(jobs)} runs failed; the first: {failures[0]}")
-    return points
+    return result
 
 
 def cli(argv=None) -> int:

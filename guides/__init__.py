@@ -6,6 +6,7 @@ from guides.deterministic import ThresholdGate  # noqa: F401
 from guides.global_gate import GlobalGate  # noqa: F401
 from guides.image_gate import ImageGate  # noqa: F401
 from guides.value_gate import ValueAwareGate  # noqa: F401
-from guides.topk_gate import TopKGate  # noqa: F401
+from guides.exact_k import ExactKGate  # noqa: F401
+from guides.budget_gate import BudgetGate  # noqa: F401
 from guides.relative_gate import RelativeValueGate  # noqa: F401
 from guides.disarm import DisarmGate  # noqa: F401

@@ -15,8 +15,12 @@ gate given the backbone features h [N, F] and the normalised projector output z 
 guide also reads z), and the guide's own answers about its posterior, which inspection and evaluation use:
 ``open_logits(h, z)`` (the logit of its open probability; the view logits unless the guide says otherwise),
 ``probs(h, z)`` (σ of it: the test-time gate ``--test-gate mean``), ``mode(h, z)`` (the hard gate
-1[open_logits > 0]: ``--test-gate mode``) and ``sample_masks(h, S, z)`` (S draws of the mask). ``make_elbo()`` names
-the ELBO that trains it (``TraceGraph_ELBO`` unless the guide needs its own estimator).
+1[open_logits > 0]: ``--test-gate mode``), ``entropy(h, z)`` (the posterior's entropy per view in nats: the sum of
+the per-gate Bernoulli entropies for a factorised posterior, the exact one for a structured posterior) and
+``sample_masks(h, S, z)`` (S draws of the mask). ``posterior(logits)`` is the per-gate family (batch shape [..., K])
+of factorised guides, which ``gate_distribution`` makes one event of K gates; a structured posterior (event shape
+[K], e.g. ``exact_k``) overrides ``gate_distribution``. ``make_elbo()`` names the ELBO that trains it
+(``TraceGraph_ELBO`` unless the guide needs its own estimator).
 
 The gate term of the ELBO: when the guide is reparameterised and the prior has a closed-form KL, the Monte-Carlo
 gate sites are masked and the exact KL enters as a ``pyro.factor`` in the guide (Rao-Blackwellised: exact value
@@ -103,6 +107,12 @@ class GateGuide(nn.Module):
         """h [N, F], z [N, K] → [N, K] the test-time hard gate 1[q(m_d = 1 | x) > ½]."""
         return (self.open_logits(h, z) > 0).to(h.dtype)
 
+    def entropy(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [N, F], z [N, K] → [N] the posterior's entropy (nats) of each view's gates: Σ_d H(q(m_d | x)) for a
+        factorised posterior (its open probabilities ``probs``)."""
+        p = self.probs(h, z).double()
+        return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)).sum(-1).to(h.dtype)
+
     def sample_masks(self, h: torch.Tensor, num_samples: int, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [N, F], z [N, K] → [S, N, K] masks drawn from the guide, as they gate z in training (no gradient)."""
         with torch.no_grad():
@@ -111,6 +121,10 @@ class GateGuide(nn.Module):
     # ---- the variational family and its KL
     def posterior(self, logits: torch.Tensor):
         raise NotImplementedError
+
+    def gate_distribution(self, logits: torch.Tensor):
+        """[G, K] logits → the gate site's distribution, batch shape [G], event shape [K]."""
+        return self.posterior(logits).to_event(1)
 
     def mask(self, value: torch.Tensor) -> torch.Tensor:
         """[..., K] value of the gate site → the mask it applies to z (the value itself for hard gates)."""
@@ -137,18 +151,18 @@ class GateGuide(nn.Module):
         """Site "gate" from the logits of the scope's gates ([2B, K] per view, [B, K] per image, [K] global) in
         the scope's plate, and its KL."""
         device, num_dims = batch.z.device, logits.shape[-1]
-        q = self.posterior(logits)
+        q = self.gate_distribution(logits)
         with weighted(self.kl_weight):
             context = self.prior.guide_globals(device)
             prior = self.prior.gate_dist(context, num_dims, device)
             with self.scope.plate(batch):
-                gate = pyro.sample("gate", q.to_event(1).mask(not self.analytic_kl), infer=self.site_infer(batch))
+                gate = pyro.sample("gate", q.mask(not self.analytic_kl), infer=self.site_infer(batch))
                 if self.analytic_kl:
                     kl = self.closed_form_kl(logits, prior.probs)
                     pyro.factor("gate_kl", kl, has_rsample=True)
                 else:
                     with torch.no_grad():  # only logged: Pyro scores the site itself
-                        kl = q.log_prob(gate).sum(-1) - prior.log_prob(gate).sum(-1)  # the Monte-Carlo estimate
+                        kl = q.log_prob(gate) - prior.log_prob(gate).sum(-1)  # the Monte-Carlo estimate
         open_gates = (self.mask(gate.detach()) > 0.5).float().mean()
         self.last_stats = {"gate_kl": kl.detach().mean(), "open_gates": open_gates}
         return gate

@@ -30,6 +30,10 @@ class ThresholdGate(GateGuide):
         """h [N, F] → [S, N, K] the point estimate's mask 1[a > 0], the same for every draw."""
         return self.mode(h).expand(num_samples, *h.shape[:-1], -1)
 
+    def entropy(self, h, z=None):
+        """h [N, F] → [N] zeros: a point estimate has no posterior uncertainty."""
+        return h.new_zeros(h.shape[:-1])
+
     def soft(self, logits: torch.Tensor) -> torch.Tensor:
         """[..., K] logits a → σ(a/T)."""
         return torch.sigmoid(logits / self.temperature)

@@ -28,7 +28,8 @@ DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 METHODS: Dict[str, Dict[str, str]] = {
     "cl": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="none"),
     "ncl": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="relu"),
-    "bayesncl": dict(prior="bernoulli", guide="topk", likelihood="nt_xent", non_neg="relu"),
+    "bayesncl": dict(prior="bernoulli", guide="exact_k", likelihood="nt_xent", non_neg="relu"),
+    "ncl_topk": dict(prior="none", guide="none", likelihood="nt_xent", non_neg="topk"),
     "tricl": dict(prior="none", guide="none", likelihood="tricl", non_neg="none"),
     "simlap": dict(prior="none", guide="none", likelihood="simlap", non_neg="none"),
     "bcl": dict(prior="none", guide="none", likelihood="bcl", non_neg="none"),
@@ -67,6 +68,16 @@ class Config:
                                        "jitter (no hue term), grayscale, blur and normalisation in batches on the "
                                        "training device; auto: on with CUDA, off on the CPU (where the workers do "
                                        "all of it and also ship uint8 views)", default=None, shown="auto")
+    val_size: Optional[int] = _opt("hold out the last N training images as a validation split (fashion-mnist, mnist, "
+                                   "cifar10/100, scenes): training and --subset use the images before them, and the "
+                                   "end-of-run evaluation scores the validation split (the test split stays unread: "
+                                   "choose settings on it, then score the test split once with evaluate.py --split "
+                                   "test or frontier.py --final)", default=None, ge=1)
+    background_strength: Optional[float] = _opt("scenes: contrast and saturation of the shared backgrounds around "
+                                                "mid-grey (1: the full backgrounds; lower makes the item easier to "
+                                                "learn than the background)", default=None, ge=0, le=1)
+    item_contrast: Optional[float] = _opt("scenes: how far each item's random colour is pulled to white (0: a random "
+                                          "colour; 1: white)", default=None, ge=0, le=1)
     spurious_correlation: Optional[float] = _opt("scenes: probability that an image's background is its class's "
                                                  "own (0: independent)", default=None, ge=0, le=1)
     # method: a preset of part names, each overridable
@@ -74,13 +85,15 @@ class Config:
                        choices=tuple(METHODS))
     prior: Optional[str] = _opt("gate prior (default: the method's; `rate` is a penalty on each dimension's open "
                                 "rate, not part of an ELBO)", default=None, choices="models:PRIORS")
-    guide: Optional[str] = _opt("gate guide (default: the method's): relaxed_st (exact Bernoulli draw, straight-through "
-                                "gradient), relaxed_soft (Concrete masks, with --prior concrete), bernoulli (score "
-                                "function, --baseline), disarm (exact Bernoulli, DisARM gradients, no relaxation), "
-                                "deterministic (the authors' point estimate), global (one gate for all images), "
-                                "image (one gate per image), value and relative (value-aware gates reading z), topk "
-                                "(a point mass on each view's top-k entries of z)",
-                                default=None, choices="guides:GUIDES")
+    guide: Optional[str] = _opt("gate guide (default: the method's): exact_k (bayesncl: exactly k = round(π·K) open "
+                                "gates per view from an exactly-k conditional Bernoulli posterior on z/s + head(h), "
+                                "SIMPLE gradient, exact KL), budget_st (Bernoulli gates around each view's k-th "
+                                "entry, straight-through), relaxed_st (exact Bernoulli draw on head(h), "
+                                "straight-through gradient), relaxed_soft (Concrete masks, with --prior concrete), "
+                                "bernoulli (score function, --baseline), disarm (exact Bernoulli, DisARM gradients, "
+                                "no relaxation), deterministic (the authors' point estimate), global (one gate for "
+                                "all images), image (one gate per image), value and relative (value-aware gates "
+                                "reading z)", default=None, choices="guides:GUIDES")
     likelihood: Optional[str] = _opt("contrastive likelihood (default: the method's)", default=None,
                                      choices="pyro_ncl.likelihoods:LIKELIHOODS")
     non_neg: Optional[str] = _opt("non-negativity of z (default: the method's)", default=None,
@@ -93,20 +106,25 @@ class Config:
     feature_dim: int = _opt("dimension K of z and of the gate", default=128, ge=1)
     # objective
     temperature: float = _opt("NT-Xent temperature τ", default=0.2, gt=0)
-    prior_prob: float = _opt("π of the Bernoulli gate prior (open probability)", default=0.8, gt=0, lt=1)
+    prior_prob: float = _opt("π of the Bernoulli gate prior (open probability); the budgeted gates (exact_k, "
+                             "budget_st) open k = round(π·K) gates per view (1/32: 4 of 128); the authors' value is "
+                             "0.8 (presets)", default=0.03125, gt=0, lt=1)
     kl_weight: float = _opt("β: weight of the gate KL per view, relative to the mean contrastive loss (0: no gate "
-                            "term, the gate still sampled)", default=3e-5, ge=0)
+                            "term, the gate still sampled); for exact_k it weighs −H(q), the posterior's entropy "
+                            "(the authors' value is 3e-5: presets)", default=1e-2, ge=0)
     gate_temperature: float = _opt("temperature T of the relaxed gate sample", default=1.0, gt=0)
     beta_concentration: float = _opt("beta_bernoulli prior: concentration c of the Beta(cπ, c(1 − π)) hyperprior",
                                      default=2.0, gt=0)
     baseline: str = _opt("bernoulli (score-function) guide: variance-reduction baseline: none | decaying | neural",
                          default="decaying", choices=("none", "decaying", "neural"))
     gate_grad_to_backbone: bool = _opt("let gate-head gradients reach the backbone (authors: off)", default=False)
-    topk: Optional[int] = _opt("topk guide: entries of z each view keeps (at the end of the curriculum and at "
-                               "test time); default K/32 rounded, at least 2 (4 of --feature-dim 128)", default=None,
+    topk: Optional[int] = _opt("the top-k activation (--method ncl_topk, --non-neg topk): entries of z each view "
+                               "keeps (at the end of the curriculum and at test time); default K/32 rounded, at "
+                               "least 2 (4 of --feature-dim 128)", default=None,
                                ge=2, why="one kept entry leaves a one-hot feature with no gradient")
-    topk_anneal_epochs: Optional[float] = _opt("topk guide: epochs over which k falls linearly from K to --topk "
-                                               "(default: 40%% of --epochs)", default=None, ge=0)
+    budget_anneal_epochs: Optional[float] = _opt("the top-k activation and the budgeted gates (exact_k, budget_st): "
+                                                 "epochs over which the number of kept entries falls linearly from K "
+                                                 "to its final k (default: 40%% of --epochs)", default=None, ge=0)
     kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "
                                    "(0: the full weight from the first step)", default=0.0, ge=0)
     test_gate: str = _opt("gated methods' evaluated features: mode (the hard gate 1[logit > 0]) | mean (the "
@@ -176,6 +194,10 @@ class Config:
             check_setting(f.name, getattr(self, f.name))
         if self.topk is not None and self.topk > self.feature_dim:
             raise ValueError(f"--topk must lie in [2, --feature-dim {self.feature_dim}], got {self.topk}")
+        non_neg = self.non_neg or METHODS.get(self.method, {}).get("non_neg")
+        if self.topk is not None and non_neg != "topk":
+            raise ValueError(f"--topk sets the top-k activation (--method ncl_topk or --non-neg topk), not "
+                             f"--non-neg {non_neg}; a budgeted gate opens round(π·K) gates: set --prior-prob")
         if self.subset is not None and self.batch_size > self.subset:
             raise ValueError(f"--batch-size {self.batch_size} is larger than --subset {self.subset}")
         if self.eval_subset is not None and self.knn_k > self.eval_subset:
@@ -293,7 +315,8 @@ def check_amp(amp: str) -> None:
     check_setting("amp", amp)
 
 
-DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation")
+DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation", "val_size",
+                   "background_strength", "item_contrast")
 # settings that change neither what a run learns nor how it is scored: where and how it runs, logs and saves
 BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "download", "num_workers", "log_every",
                "checkpoint_every", "eval_batch_size", "channels_last", "compile", "deterministic", "quiet",
@@ -313,7 +336,8 @@ def changed_settings(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]
 
 def dataset_options(config: Config) -> Dict[str, Any]:
     """The dataset-specific settings that were given (a dataset refuses options it does not take, by name)."""
-    return {k: getattr(config, k) for k in DATASET_OPTIONS if getattr(config, k) not in (None, False)}
+    return {k: getattr(config, k) for k in DATASET_OPTIONS
+            if getattr(config, k) is not None and getattr(config, k) is not False}  # 0.0 is a setting (0.0 == False)
 
 
 def load_preset(name_or_path: str) -> Dict[str, Any]:

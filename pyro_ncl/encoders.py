@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from pyro_ncl.budget import Budget, check_budget, default_anneal_epochs, default_topk
 from pyro_ncl.registry import Registry
 
 BACKBONES: Registry = Registry("backbone")
@@ -41,6 +42,34 @@ def rep_relu(x: torch.Tensor) -> torch.Tensor:
 NON_NEGATIVITY.register("none")(lambda x: x)
 NON_NEGATIVITY.register("relu")(F.relu)
 NON_NEGATIVITY.register("rep_relu")(rep_relu)
+
+
+@NON_NEGATIVITY.register("topk")
+class TopK(nn.Module):
+    """ReLU, then each row's k largest entries kept and the rest set to 0: the top-k activation of k-sparse
+    autoencoders and CSR (``--method ncl_topk``), trained end to end; gradients reach the kept entries only. k
+    follows ``pyro_ncl.budget.Budget``: from K down to ``--topk`` over ``--budget-anneal-epochs`` in training, ``--topk``
+    in evaluation mode. Deterministic: no latent variable, no prior. [N, K] → [N, K]."""
+
+    def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0):
+        super().__init__()
+        self.budget = Budget(feature_dim, check_budget(k, feature_dim, "--topk"), anneal_epochs)
+
+    @classmethod
+    def build(cls, feature_dim: int, topk=None, anneal_epochs=None, epochs: int = 1) -> "TopK":
+        return cls(feature_dim, topk if topk is not None else default_topk(feature_dim),
+                   anneal_epochs if anneal_epochs is not None else default_anneal_epochs(epochs))
+
+    def set_progress(self, epochs_done: float) -> None:
+        self.budget.set_progress(epochs_done)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x)
+        k = self.budget.now(self.training)
+        if k >= x.shape[-1]:
+            return x
+        keep = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, torch.topk(x, k, dim=-1).indices, True)
+        return torch.where(keep, x, torch.zeros_like(x))
 
 
 # ---------------------------------------------------------------- backbones
@@ -112,16 +141,26 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """x [N, C, H, W] → (h [N, F], z [N, K]) with z = σ₊(projector(h))."""
+    """x [N, C, H, W] → (h [N, F], z [N, K]) with z = σ₊(projector(h)). A non-negativity registered as a class
+    (``topk``) is built with ``activation_options`` (its ``build`` keywords) and becomes a submodule (it follows
+    train/eval mode and the training progress, ``set_progress``)."""
 
-    def __init__(self, backbone: nn.Module, hidden_dim: int, feature_dim: int, non_negativity: str = "relu"):
+    def __init__(self, backbone: nn.Module, hidden_dim: int, feature_dim: int, non_negativity: str = "relu",
+                 **activation_options):
         super().__init__()
         if feature_dim < 1:
             raise ValueError(f"feature dimension must be at least 1, got {feature_dim}")
         self.backbone = backbone
         self.projector = mlp(backbone.out_dim, hidden_dim, feature_dim)
         self.non_negativity = non_negativity
-        self._activation = NON_NEGATIVITY[non_negativity]
+        activation = NON_NEGATIVITY[non_negativity]
+        self._activation = activation.build(feature_dim, **activation_options) if isinstance(activation, type) \
+            else activation
+
+    def set_progress(self, epochs_done: float) -> None:
+        """Training progress (epochs, fractional) for an activation with a schedule (the top-k curriculum)."""
+        if hasattr(self._activation, "set_progress"):
+            self._activation.set_progress(epochs_done)
 
     @property
     def backbone_dim(self) -> int:
@@ -137,6 +176,10 @@ class Encoder(nn.Module):
 
 
 def build_encoder(backbone: str, in_channels: int, width: int, cifar_stem: bool, hidden_dim: int,
-                  feature_dim: int, non_negativity: str) -> Encoder:
+                  feature_dim: int, non_negativity: str, **activation_options) -> Encoder:
+    """``activation_options``: the ``build`` keywords of a non-negativity registered as a class (``topk``: topk,
+    anneal_epochs, epochs); ignored by the others."""
     net = BACKBONES[backbone](in_channels, width=width, cifar_stem=cifar_stem)
-    return Encoder(net, hidden_dim, feature_dim, non_negativity)
+    if not isinstance(NON_NEGATIVITY[non_negativity], type):
+        activation_options = {}
+    return Encoder(net, hidden_dim, feature_dim, non_negativity, **activation_options)

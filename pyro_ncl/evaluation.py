@@ -1,4 +1,5 @@
-"""End-of-run evaluation on the test split, with the network in eval mode (BatchNorm statistics frozen).
+"""End-of-run evaluation on the test split (the validation split when the run carves one, ``--val-size``: the
+test split then stays unread), with the network in eval mode (BatchNorm statistics frozen).
 
 Features: h (frozen backbone) and the method's features (the gated normalised z with the test-time hard gate for
 gated methods, the normalised z otherwise). Linear probes are trained on the train split's features, without
@@ -13,13 +14,13 @@ import torch
 
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.data.scenes import background_leakage
-from pyro_ncl.metrics import active_dims, semantic_consistency, sparsity
+from pyro_ncl.metrics import active_dims, semantic_consistency, sparsity, weighted_consistency
 from pyro_ncl.probes import knn_accuracy, linear_probe
 from pyro_ncl.system import ContrastiveSystem
 
 # the metrics ``score`` returns (besides feature_dim), in table order
-RUN_METRICS = ["linear_probe_backbone", "linear_probe_features", "knn_accuracy", "semantic_consistency", "sparsity",
-               "active_dims", "open_gates", "background_leakage"]
+RUN_METRICS = ["linear_probe_backbone", "linear_probe_features", "knn_accuracy", "semantic_consistency",
+               "weighted_consistency", "sparsity", "active_dims", "open_gates", "background_leakage"]
 
 
 @contextlib.contextmanager
@@ -54,9 +55,10 @@ def extract(system: ContrastiveSystem, data: DataBundle, split: str, batch_size:
 
 
 def score(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tensor], data: DataBundle, *, device,
-          probe_epochs: int = 30, knn_k: int = 20, seed: int = 0) -> Dict[str, float]:
-    """The end-of-run metrics of extracted splits (``extract``'s dicts): linear probes on h and on the features,
-    kNN, consistency, sparsity, active dims, feature_dim, and open_gates (gated) / background_leakage (scenes)."""
+          probe_epochs: int = 30, knn_k: int = 20, seed: int = 0, split: str = "test") -> Dict[str, float]:
+    """The end-of-run metrics of extracted splits (``extract``'s dicts; ``test`` is the scored ``split``, "test"
+    or "val"): linear probes on h and on the features, kNN, consistency (by count and activation-weighted),
+    sparsity, active dims, feature_dim, and open_gates (gated) / background_leakage (scenes)."""
     feats_train, feats_test = train["features"], test["features"]
     metrics = {
         "linear_probe_backbone": linear_probe(train["h"], train["y"], test["h"], test["y"], data.num_classes,
@@ -66,23 +68,26 @@ def score(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tensor], data: D
         "knn_accuracy": knn_accuracy(feats_train, train["y"], feats_test, test["y"], k=knn_k,
                                      num_classes=data.num_classes),
         "semantic_consistency": semantic_consistency(feats_test, test["y"], data.num_classes),
+        "weighted_consistency": weighted_consistency(feats_test, test["y"], data.num_classes),
         "sparsity": sparsity(feats_test),
         "active_dims": int(active_dims(feats_test)),
         "feature_dim": int(feats_test.shape[1]),
     }
     if "gate" in test:
         metrics["open_gates"] = float(test["gate"].mean())
-    if hasattr(data, "train_background"):  # composed scenes: is the shared background readable from the features?
+    if hasattr(data, "background"):  # composed scenes: is the shared background readable from the features?
         n_train, n_test = len(feats_train), len(feats_test)
         metrics["background_leakage"] = background_leakage(
-            feats_train, data.train_background[:n_train], feats_test, data.test_background[:n_test],
+            feats_train, data.background("train")[:n_train], feats_test, data.background(split)[:n_test],
             epochs=probe_epochs, seed=seed, device=device)
     return {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}
 
 
 def evaluate(system: ContrastiveSystem, data: DataBundle, *, batch_size: int, device, probe_epochs: int = 30,
              knn_k: int = 20, seed: int = 0, limit: Optional[int] = None) -> Dict[str, float]:
-    """``score`` of the train and test splits' features (the first ``limit`` images of each when given)."""
+    """``score`` of the train split's and the evaluated split's (``data.eval_split``: the validation split when
+    carved, else the test split) features (the first ``limit`` images of each when given)."""
+    split = data.eval_split
     train = extract(system, data, "train", batch_size, device, limit)
-    test = extract(system, data, "test", batch_size, device, limit)
-    return score(train, test, data, device=device, probe_epochs=probe_epochs, knn_k=knn_k, seed=seed)
+    test = extract(system, data, split, batch_size, device, limit)
+    return score(train, test, data, device=device, probe_epochs=probe_epochs, knn_k=knn_k, seed=seed, split=split)

@@ -1,18 +1,24 @@
-"""The consistency–accuracy front: every variant of a run's features measured the same way, and the summary.
+"""The consistency–accuracy front: every variant of a run's features measured the same way, the summary over seeds,
+and the paired comparison against the cheapest baselines.
 
 A *variant* is one way of turning a trained run into evaluation features [N, K]:
-    ungated runs:  ``features``      normalize(z) (NCL's, CL's, ...);
+    ungated runs:  ``features``      normalize(z) (NCL's, ncl_topk's, CL's, ...);
                    with ``posthoc``: NCL's features sparsified after training (``pyro_ncl.posthoc``) —
-                   ``threshold`` (per-dimension q-quantile of the training split's positive entries),
-                   ``top-k`` (each image's k largest entries), ``rate-cap`` (each dimension active on at most a
-                   fraction r of the training images);
-    gated runs:    ``mode``  normalize(z ⊙ 1[a > 0]) (the hard test-time gate), ``mean``  normalize(z ⊙ σ(a))
-                   (the posterior open probability as a weight; left out when it equals the mode everywhere,
-                   as for deterministic gates).
+                   ``threshold`` (per-dimension q-quantile of the training split's positive entries, q on a grid of
+                   0.05), ``top-k`` (each image's k largest entries, every k from 1 to 16, then 20, 24, 32),
+                   ``rate-cap`` (each dimension active on at most a fraction r of the training images);
+    gated runs:    ``mode``  normalize(z ⊙ mode of q) (the hard test-time gate), ``mean``  normalize(z ⊙ q(m = 1))
+                   (the posterior open probability as a weight; left out when it equals the mode everywhere).
 Every variant is scored on the very features it defines (``measure_features``): kNN and a linear probe on them,
-semantic consistency, sparsity, active dimensions, active entries per image, the share of class-selective
-dimensions; gated variants add the gate's statistics (open gates per image, per-gate entropy, the share of z's
-active entries the gate closes, class-selective gates). The linear probe on h is the run's, shared by its variants.
+semantic consistency by count and activation-weighted, sparsity, active dimensions, active entries per image, the
+share of class-selective dimensions; gated variants add the gate's statistics (open gates per image, the posterior
+entropy per image, the share of images with at least one uncertain gate (0.1 < q(m_d = 1) < 0.9), the mean
+per-gate entropy, the share of z's active entries the gate closes, class-selective gates).
+
+The comparison that cannot flatter a gate is *paired by seed* (``paired_margins``): seed s of a design against the
+baselines of seed s — NCL's post-hoc fronts (threshold, top-k; NCL itself is the q = 0 point of the threshold
+front) and the trained ``ncl_topk`` front over its k — each read at the design's own kNN of that seed on its Pareto
+front, linearly interpolated between its (dense) grid points.
 """
 from __future__ import annotations
 
@@ -22,20 +28,23 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from pyro_ncl.metrics import EPS, active_dims, class_selective_share, semantic_consistency, sparsity
+from pyro_ncl.metrics import (EPS, active_dims, class_selective_share, semantic_consistency, sparsity,
+                              weighted_consistency)
 from pyro_ncl.ops import safe_normalize
 from pyro_ncl.posthoc import apply_thresholds, quantile_thresholds, rate_thresholds, top_k
 from pyro_ncl.probes import knn_accuracy, linear_probe
 
-# post-hoc sweeps of NCL's features (the bar a gate must clear)
-THRESHOLD_QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95)
-TOP_KS = (1, 2, 4, 8, 16)
+# post-hoc sweeps of NCL's features (the bar a gate must clear), dense over the range gates reach
+THRESHOLD_QUANTILES = tuple(round(0.05 * i, 2) for i in range(20))  # 0, 0.05, …, 0.95
+TOP_KS = (*range(1, 17), 20, 24, 32)
 RATE_CAPS = (0.3, 0.2, 0.1, 0.05)
+UNCERTAIN = (0.1, 0.9)  # a gate is uncertain when its open probability lies strictly between these
 
-# the columns of a measured variant, in table order (mean ± std over seeds in frontier.md)
-METRICS = ["knn_accuracy", "linear_probe_features", "linear_probe_backbone", "semantic_consistency", "sparsity",
-           "active_dims", "active_per_image", "selective_dims", "open_gates", "open_gates_per_image",
-           "gate_entropy", "closed_active", "selective_gates"]
+# the columns of a measured variant (mean ± std over seeds in the tables)
+METRICS = ["knn_accuracy", "linear_probe_features", "linear_probe_backbone", "semantic_consistency",
+           "weighted_consistency", "sparsity", "active_dims", "active_per_image", "selective_dims", "open_gates",
+           "open_gates_per_image", "posterior_entropy", "uncertain_images", "gate_entropy", "closed_active",
+           "selective_gates", "background_leakage"]
 
 
 def bernoulli_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -44,10 +53,17 @@ def bernoulli_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
 
 
+def uncertain_share(probs: torch.Tensor, bounds: Tuple[float, float] = UNCERTAIN) -> float:
+    """Share of the rows of probs [N, K] with at least one entry strictly inside ``bounds``."""
+    inside = (probs > bounds[0]) & (probs < bounds[1])
+    return float(inside.any(-1).double().mean())
+
+
 def measure_features(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tensor], num_classes: int, *,
                      probe_epochs: int, knn_k: int, seed: int, device="cpu") -> Dict[str, float]:
     """Score features: ``train``/``test`` hold ``features`` [N, K] and ``y`` [N], and for gated variants
-    ``gate`` [N, K] ({0, 1}: the hard test-time gate), ``probs`` [N, K] and ``z`` [N, K]."""
+    ``gate`` [N, K] ({0, 1}: the hard test-time gate), ``probs`` [N, K], ``entropy`` [N] and ``z`` [N, K];
+    ``background`` [N] (scenes) adds the background leakage of the features."""
     Ftr, Fte, ytr, yte = train["features"], test["features"], train["y"], test["y"]
     active = Fte.abs() > EPS
     out = {
@@ -55,15 +71,22 @@ def measure_features(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tenso
         "linear_probe_features": linear_probe(Ftr, ytr, Fte, yte, num_classes, epochs=probe_epochs, seed=seed,
                                               device=device),
         "semantic_consistency": semantic_consistency(Fte, yte, num_classes),
+        "weighted_consistency": weighted_consistency(Fte, yte, num_classes),
         "sparsity": sparsity(Fte),
         "active_dims": active_dims(Fte),
         "active_per_image": float(active.sum(1).double().mean()),
         "selective_dims": class_selective_share(Fte, yte, num_classes),
     }
+    if "background" in test:
+        from pyro_ncl.data.scenes import background_leakage
+        out["background_leakage"] = background_leakage(Ftr, train["background"], Fte, test["background"],
+                                                       epochs=probe_epochs, seed=seed, device=device)
     if "gate" in test:
         gate, z_active = test["gate"] > 0.5, test["z"].abs() > EPS
         out.update(open_gates=float(gate.double().mean()),
                    open_gates_per_image=float(gate.sum(1).double().mean()),
+                   posterior_entropy=float(test["entropy"].double().mean()),
+                   uncertain_images=uncertain_share(test["probs"]),
                    gate_entropy=float(bernoulli_entropy(test["probs"]).mean()),
                    closed_active=float((z_active & ~gate).sum() / z_active.sum().clamp(min=1)),
                    selective_gates=class_selective_share(gate.double(), yte, num_classes, eps=0.5))
@@ -73,15 +96,17 @@ def measure_features(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tenso
 def variants(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tensor], posthoc: bool = False
              ) -> Iterable[Tuple[str, Optional[float], Dict[str, torch.Tensor], Dict[str, torch.Tensor]]]:
     """(variant, parameter, train, test) for each way of reading a run's features (see the module docstring).
-    ``train``/``test``: ``system.features`` of the splits (``evaluation.extract``: z, features, y, gate, probs)."""
+    ``train``/``test``: ``system.features`` of the splits (``evaluation.extract``: z, features, y, and for gated
+    runs gate, probs, entropy; ``background`` when the dataset has one)."""
     def with_features(split, features, **extra):
-        return {"features": features, "y": split["y"], **extra}
+        kept = {k: split[k] for k in ("y", "background") if k in split}
+        return {"features": features, **kept, **extra}
 
     if "gate" in test:
-        deterministic = all(torch.equal(s["probs"], s["gate"]) for s in (train, test))  # e.g. top-k: mean = mode
+        deterministic = all(torch.equal(s["probs"], s["gate"]) for s in (train, test))  # a point mass: mean = mode
         for name, key in (("mode", "gate"),) + ((("mean", "probs"),) if not deterministic else ()):
             tr, te = (with_features(s, safe_normalize(s["z"] * s[key]), z=s["z"], gate=s["gate"],
-                                    probs=s["probs"]) for s in (train, test))
+                                    probs=s["probs"], entropy=s["entropy"]) for s in (train, test))
             yield name, None, tr, te
         return
     yield "features", None, with_features(train, train["features"]), with_features(test, test["features"])
@@ -107,6 +132,17 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0, len(finite)
 
 
+def curve_name(design: str, variant: str) -> str:
+    """The plotted curve of a point: the design for its evaluated features, ``design+variant`` otherwise."""
+    return design if variant == "features" else f"{design} ({variant})" if variant in ("mode", "mean") \
+        else f"{design}+{variant}"
+
+
+def point_key(row: dict) -> tuple:
+    """(design, knob, variant, param): what identifies a point across seeds."""
+    return row["design"], row.get("knob"), row["variant"], row.get("param")
+
+
 def summarise(rows: List[dict]) -> List[dict]:
     """Rows of single runs (``design``, ``knob`` — the value of the design's swept setting or None —, ``variant``,
     ``param`` — the variant's own parameter or None —, ``seed`` and METRICS) → one point per (design, knob,
@@ -115,7 +151,7 @@ def summarise(rows: List[dict]) -> List[dict]:
     consistency."""
     groups: Dict[tuple, List[dict]] = {}
     for row in rows:
-        groups.setdefault((row["design"], row.get("knob"), row["variant"], row.get("param")), []).append(row)
+        groups.setdefault(point_key(row), []).append(row)
     out = []
     for (design, knob, variant, param), members in groups.items():
         point = {"design": design, "knob": knob, "variant": variant, "param": param,
@@ -125,34 +161,31 @@ def summarise(rows: List[dict]) -> List[dict]:
             point.update({metric: mean, f"{metric}_std": std, f"{metric}_n": n})
         out.append(point)
     for point in out:
-        x, y = point["knn_accuracy"], point["semantic_consistency"]
-        point["pareto"] = math.isfinite(x) and math.isfinite(y) and not any(
-            o is not point and o["knn_accuracy"] >= x and o["semantic_consistency"] >= y
-            and (o["knn_accuracy"] > x or o["semantic_consistency"] > y) for o in out)
+        point["pareto"] = not _dominated(point, out)
     return out
 
 
-def curve_name(design: str, variant: str) -> str:
-    """The plotted curve of a point: the design for its evaluated features, ``design+variant`` otherwise."""
-    return design if variant == "features" else f"{design} ({variant})" if variant in ("mode", "mean") \
-        else f"{design}+{variant}"
+def _finite(p: dict) -> bool:
+    return math.isfinite(p["knn_accuracy"]) and math.isfinite(p["semantic_consistency"])
+
+
+def _dominated(p: dict, others: List[dict]) -> bool:
+    if not _finite(p):
+        return True
+    x, y = p["knn_accuracy"], p["semantic_consistency"]
+    return any(o is not p and _finite(o) and o["knn_accuracy"] >= x and o["semantic_consistency"] >= y
+               and (o["knn_accuracy"] > x or o["semantic_consistency"] > y) for o in others)
 
 
 def baseline_at(points: List[dict], curves: Sequence[str], knn: float) -> Optional[float]:
-    """The consistency a baseline reaches at kNN accuracy ``knn``: the Pareto front of the mean points of
-    ``curves`` in (kNN, consistency), linearly interpolated in kNN; beyond its most accurate point, that point's
-    consistency; below its least accurate point, that point's (the front's highest) consistency. None without
-    points."""
-    front = [p for p in points if p["curve"] in curves and math.isfinite(p["knn_accuracy"])
-             and math.isfinite(p["semantic_consistency"])]
-    front = [p for p in front if not any(o["knn_accuracy"] >= p["knn_accuracy"]
-                                         and o["semantic_consistency"] >= p["semantic_consistency"]
-                                         and (o["knn_accuracy"] > p["knn_accuracy"]
-                                              or o["semantic_consistency"] > p["semantic_consistency"])
-                                         for o in front)]
+    """The consistency a baseline reaches at kNN accuracy ``knn``: the Pareto front of the points (or one seed's
+    rows, each with a ``curve``) of ``curves`` in (kNN, consistency), linearly interpolated in kNN; beyond its most
+    accurate point, that point's consistency; below its least accurate point, that point's (the front's highest)
+    consistency. None without points."""
+    members = [p for p in points if p["curve"] in curves and _finite(p)]
+    front = sorted((p for p in members if not _dominated(p, members)), key=lambda p: p["knn_accuracy"])
     if not front:
         return None
-    front.sort(key=lambda p: p["knn_accuracy"])
     xs, ys = [p["knn_accuracy"] for p in front], [p["semantic_consistency"] for p in front]
     if knn <= xs[0]:
         return ys[0]
@@ -164,31 +197,77 @@ def baseline_at(points: List[dict], curves: Sequence[str], knn: float) -> Option
     return None  # unreachable
 
 
-def goal_check(points: List[dict], reference: str = "ncl", tolerance: float = 0.01) -> List[dict]:
-    """Issue 11's goal for each curve: its point of highest mean consistency among those with mean kNN within
-    ``tolerance`` of the reference's and mean linear probe on h within ``tolerance`` of the reference's; that
-    consistency against the target c_ref + ½(1 − c_ref), and against the reference sparsified after training at
-    the same kNN (``baseline_at``: ``reference+threshold`` with the reference itself as its q = 0 point, and
-    ``reference+top-k``). Returns one row per curve (reference excluded); empty without the reference."""
+Front = Tuple[Tuple[str, ...], ...]  # groups of curves; the baseline is the best group's interpolated front
+
+
+def baselines(reference: str = "ncl", trained: str = "ncl_topk") -> Dict[str, Front]:
+    """The baseline fronts a design is compared with, by name → groups of curves (each group one interpolated
+    front; the baseline at a kNN is the best group's): NCL + threshold (NCL itself its q = 0 point), NCL + top-k,
+    every post-hoc cut of NCL (the best of threshold, top-k and rate-cap), and the trained top-k activation."""
+    threshold, top = (reference, f"{reference}+threshold"), (reference, f"{reference}+top-k")
+    return {"threshold": (threshold,), "top_k": (top,),
+            "posthoc": (threshold, top, (reference, f"{reference}+rate-cap")), "trained_top_k": ((trained,),)}
+
+
+def front_level(rows: List[dict], front: Front, knn: float) -> Optional[float]:
+    """The best of the groups' fronts (``baseline_at``) at ``knn``; None when no group has points."""
+    levels = [v for v in (baseline_at(rows, group, knn) for group in front) if v is not None]
+    return max(levels) if levels else None
+
+
+def paired_margins(rows: List[dict], key: tuple, fronts: Dict[str, Front]) -> Dict[str, dict]:
+    """For the point ``key`` (design, knob, variant, param) and each baseline front (name → groups of curves):
+    per seed s where both exist, the point's consistency minus the front of seed s read at the point's kNN of
+    seed s. Returns name → {"seeds", "margins", "mean", "std", "n", "wins"} (wins: margins > 0)."""
+    mine = {r["seed"]: r for r in rows if point_key(r) == key and _finite(r)}
+    out = {}
+    for name, front in fronts.items():
+        seeds, margins = [], []
+        for seed, row in sorted(mine.items()):
+            same_seed = [dict(r, curve=curve_name(r["design"], r["variant"])) for r in rows if r["seed"] == seed]
+            level = front_level(same_seed, front, row["knn_accuracy"])
+            if level is not None:
+                seeds.append(seed)
+                margins.append(row["semantic_consistency"] - level)
+        mean, std, n = mean_std(margins)
+        out[name] = {"seeds": seeds, "margins": margins, "mean": mean, "std": std, "n": n,
+                     "wins": sum(m > 0 for m in margins)}
+    return out
+
+
+def eligible(points: List[dict], design: str, reference: dict, tolerance: float = 0.01) -> List[dict]:
+    """The design's points whose mean kNN and mean linear probe on h are within ``tolerance`` of the reference's."""
+    return [p for p in points if p["design"] == design and _finite(p)
+            and p["knn_accuracy"] >= reference["knn_accuracy"] - tolerance
+            and p["linear_probe_backbone"] >= reference["linear_probe_backbone"] - tolerance]
+
+
+def select(rows: List[dict], points: List[dict], reference: str = "ncl", trained: str = "ncl_topk",
+           tolerance: float = 0.01) -> Dict[str, dict]:
+    """Each design's chosen point (made on the validation split): the most consistent of its points within
+    ``tolerance`` of the reference's kNN and linear probe on h, with its paired margins over the baseline fronts
+    (``paired_margins``); a design without such a point gets its most accurate point, marked ``eligible: False``.
+    Returns design → {"point", "eligible", "margins"}; empty without the reference."""
     ref = next((p for p in points if p["curve"] == reference), None)
     if ref is None:
-        return []
-    target = ref["semantic_consistency"] + 0.5 * (1 - ref["semantic_consistency"])
-    rows = []
-    for curve in dict.fromkeys(p["curve"] for p in points):
-        if curve == reference:
+        return {}
+    fronts = baselines(reference, trained)
+    out = {}
+    for design in dict.fromkeys(p["design"] for p in points):
+        if design == reference:
             continue
-        eligible = [p for p in points if p["curve"] == curve
-                    and p["knn_accuracy"] >= ref["knn_accuracy"] - tolerance
-                    and p["linear_probe_backbone"] >= ref["linear_probe_backbone"] - tolerance]
-        best = max(eligible, key=lambda p: p["semantic_consistency"], default=None)
-        row = {"curve": curve, "target": target, "best": best}
-        if best is not None:
-            x, c = best["knn_accuracy"], best["semantic_consistency"]
-            row["threshold"] = baseline_at(points, (reference, f"{reference}+threshold"), x)
-            row["top_k"] = baseline_at(points, (reference, f"{reference}+top-k"), x)
-            row["meets_target"] = c >= target
-            row["beats_threshold"] = row["threshold"] is None or c > row["threshold"]
-            row["beats_top_k"] = row["top_k"] is None or c > row["top_k"]
-        rows.append(row)
-    return rows
+        candidates = eligible(points, design, ref, tolerance)
+        ok = bool(candidates)
+        pool = candidates or [p for p in points if p["design"] == design and _finite(p)]
+        if not pool:
+            continue
+        best = max(pool, key=lambda p: p["semantic_consistency"] if ok else p["knn_accuracy"])
+        own = {name: front for name, front in fronts.items() if design not in
+               {c.split("+")[0] for group in front for c in group}}
+        out[design] = {"point": best, "eligible": ok, "margins": paired_margins(rows, point_key(best), own)}
+    return out
+
+
+def target_consistency(reference: dict) -> float:
+    """The issues' goal: NCL + ½(1 − NCL)."""
+    return reference["semantic_consistency"] + 0.5 * (1 - reference["semantic_consistency"])

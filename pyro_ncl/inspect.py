@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from pyro_ncl.checkpoint import CheckpointError, load_checkpoint
-from pyro_ncl.config import Config, config_from_run
+from pyro_ncl.config import Config, config_from_run, dataset_options
 from pyro_ncl.data import load_dataset
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import eval_mode, extract
@@ -56,8 +56,9 @@ class Run:
     @property
     def data(self) -> DataBundle:
         if self._data is None:
+            options = {k: v for k, v in dataset_options(self.config).items() if k != "download"}
             self._data = load_dataset(self.config.dataset, self.data_root or self.config.data_root,
-                                      subset=self.config.subset)
+                                      subset=self.config.subset, **options)
         return self._data
 
     @property

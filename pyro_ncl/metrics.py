@@ -220,6 +220,20 @@ def semantic_consistency(F: torch.Tensor, y: torch.Tensor, num_classes: Optional
     return _consistency_from_counts(class_activation_counts(F, y, num_classes, eps, chunk))
 
 
+def weighted_consistency(F: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = None,
+                         eps: float = EPS, chunk: int = CHUNK) -> float:
+    """Activation-weighted consistency: the share of all active activation mass that lies in its dimension's
+    majority class, Σ_d max_c A_cd / Σ_{c,d} A_cd with A_cd the summed |F| of class c's samples on dimension d.
+
+    The same as averaging each dimension's class share of activation mass with weights proportional to the
+    dimension's mass, so a dimension active on one image with a small activation counts for little (it scores 1.0
+    for free in ``semantic_consistency``). F: [N, K], y: [N]; NaN when nothing is active.
+    """
+    sums = class_activation_sums(F, y, num_classes, eps, chunk)
+    total = float(sums.sum())
+    return float(sums.max(0).values.sum()) / total if total > 0 else math.nan
+
+
 def semantic_entropies(F: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = None,
                        eps: float = EPS, chunk: int = CHUNK) -> Dict[str, float]:
     """Entropies (nats) of each active dimension's class distribution, averaged over active dimensions.

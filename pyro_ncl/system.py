@@ -69,9 +69,11 @@ class ContrastiveSystem(nn.Module):
         return EncodedBatch(h=h, z=z, index=index, num_images=num_images, labels=labels)
 
     def set_progress(self, epochs_done: float) -> None:
-        """Training progress (epochs, fractional) for guides with a schedule (e.g. the top-k curriculum)."""
-        if hasattr(self.guide, "set_progress"):
-            self.guide.set_progress(epochs_done)
+        """Training progress (epochs, fractional) for parts with a schedule (the budget curriculum of the top-k
+        activation and of the budgeted gates)."""
+        for part in (self.encoder, self.guide):
+            if hasattr(part, "set_progress"):
+                part.set_progress(epochs_done)
 
     def scale_gate_term(self, factor: float) -> None:
         """Weigh the gate term by β · ``factor`` (the KL warm-up; β = ``--kl-weight``) in the model and the guide."""
@@ -100,7 +102,8 @@ class ContrastiveSystem(nn.Module):
         out = {"h": h, "z": z, "features": z}
         if self.gated:
             gates = {"mode": self.guide.mode(h, z), "mean": self.guide.probs(h, z)}
-            out.update(gate=gates["mode"], probs=gates["mean"], features=safe_normalize(z * gates[self.test_gate]))
+            out.update(gate=gates["mode"], probs=gates["mean"], features=safe_normalize(z * gates[self.test_gate]),
+                       entropy=self.guide.entropy(h, z))
         return out
 
     def parameter_groups(self, lr: float, gate_lr: float, weight_decay: float) -> List[dict]:
@@ -135,7 +138,8 @@ def build_system(config: Config, in_channels: int, num_classes: int = 10,
     """``config`` must be resolved (``Config.resolved``)."""
     check_parts(config)
     encoder = build_encoder(config.backbone, in_channels, config.width, config.cifar_stem, config.hidden_dim,
-                            config.feature_dim, config.non_neg)
+                            config.feature_dim, config.non_neg, topk=config.topk,
+                            anneal_epochs=config.budget_anneal_epochs, epochs=config.epochs)
     prior = PRIORS[config.prior].build(config.feature_dim, config)
     guide = GUIDES[config.guide].build(encoder, prior, config)
     likelihood = LIKELIHOODS[config.likelihood].build(config.feature_dim, config, num_classes)

@@ -236,7 +236,7 @@ def test_zero_kl_weight_runs_without_the_gate_term(prior, guide):
     assert loss == pytest.approx(contrastive, rel=1e-6)  # the loss is the contrastive term
     gate_params = [p for name, p in system.guide.named_parameters()
                    if not name.startswith(("baseline_net", "prior."))]  # the guide's own (the prior's rates: β = 0)
-    if gate_params:  # the gate still learns (topk has no parameters: it reads z)
+    if gate_params:  # the gate still learns
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gate_params)
     if guide == "deterministic":  # no noise: the contrastive term by hand
         with torch.no_grad():

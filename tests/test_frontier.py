@@ -1,7 +1,6 @@
 """The frontier protocol: post-hoc baselines against brute force, the summary (mean ± std, Pareto front, goal
 check) against hand-made points, and frontier.py end to end on tiny runs (resumable, refuses foreign runs, and its
 measurements agree with each run's own end-of-run evaluation)."""
-import importlib.util
 import json
 import math
 import statistics
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_ncl.frontier import baseline_at, goal_check, mean_std, summarise
+from pyro_ncl.frontier import baseline_at, baselines, mean_std, paired_margins, select, summarise
 from pyro_ncl.metrics import class_selective_share
 from pyro_ncl.posthoc import apply_thresholds, quantile_thresholds, rate_thresholds, top_k
 from conftest import ROOT, TINY_RUN_FLAGS  # tests/ is on sys.path (pytest's default prepend import mode)
@@ -85,13 +84,12 @@ def _row(design, variant, seed, knn, cons, param=None, knob=None, probe_h=0.8):
             "semantic_consistency": cons, "linear_probe_backbone": probe_h}
 
 
-def test_summary_means_pareto_and_goal_check():
+def test_summary_means_and_pareto():
     rows = [_row("ncl", "features", s, 0.70 + 0.01 * s, 0.50 + 0.02 * s) for s in range(3)]
     rows += [_row("ncl", "threshold", s, 0.69, 0.60 + 0.01 * s, param=0.5) for s in range(3)]
     rows += [_row("ncl", "threshold", s, 0.60, 0.80, param=0.9) for s in range(3)]
     rows += [_row("g", "mode", s, 0.705, 0.62 + 0.1 * s, knob=0.5) for s in range(2)]
     rows += [_row("g", "mode", s, 0.65, 0.60, knob=0.2) for s in range(2)]  # dominated
-    rows += [_row("h", "mode", s, 0.69, 0.60, knob=1, probe_h=0.75) for s in range(2)]  # probe on h too low
     points = summarise(rows)
     by = {(p["curve"], p["param"], p["knob"]): p for p in points}
     ncl = by[("ncl", None, None)]
@@ -99,16 +97,43 @@ def test_summary_means_pareto_and_goal_check():
     assert ncl["semantic_consistency_std"] == pytest.approx(statistics.stdev([0.50, 0.52, 0.54]))
     pareto = {key for key, p in by.items() if p["pareto"]}
     assert pareto == {("ncl", None, None), ("g (mode)", None, 0.5), ("ncl+threshold", 0.9, None)}
-    checks = {c["curve"]: c for c in goal_check(points)}
-    target = 0.52 + 0.5 * (1 - 0.52)
-    g = checks["g (mode)"]
-    assert g["target"] == pytest.approx(target) and g["best"]["knob"] == 0.5
-    # the threshold front at kNN 0.705: between (0.69, 0.61) and NCL (0.71, 0.52), interpolated
-    assert g["threshold"] == pytest.approx(0.61 + (0.52 - 0.61) * (0.705 - 0.69) / (0.71 - 0.69))
-    assert g["top_k"] == pytest.approx(0.52)  # only NCL itself: more accurate than g, so its consistency
-    assert g["beats_threshold"] and g["beats_top_k"] and not g["meets_target"]
-    assert checks["h (mode)"]["best"] is None
     assert mean_std([1.0, float("nan"), None]) == (1.0, 0.0, 1)
+
+
+def test_margins_are_paired_by_seed_at_each_seeds_own_knn():
+    """Seed s of a design against NCL's seed-s fronts read at the design's seed-s kNN, by hand: seed 0's threshold
+    front runs from (0.60, 0.80) to NCL (0.70, 0.50), seed 1's from (0.62, 0.84) to (0.72, 0.54)."""
+    rows = []
+    for s in (0, 1):
+        rows += [_row("ncl", "features", s, 0.70 + 0.02 * s, 0.50 + 0.04 * s),
+                 _row("ncl", "threshold", s, 0.60 + 0.02 * s, 0.80 + 0.04 * s, param=0.5),
+                 _row("ncl", "top-k", s, 0.65 + 0.02 * s, 0.55 + 0.04 * s, param=4),
+                 _row("ncl_topk", "features", s, 0.68, 0.60 + 0.1 * s, knob=4)]
+    rows += [_row("g", "mode", 0, 0.65, 0.70, knob=1), _row("g", "mode", 1, 0.70, 0.58, knob=1)]
+    margins = paired_margins(rows, ("g", 1, "mode", None), baselines())
+    thr0 = 0.80 + (0.50 - 0.80) * (0.65 - 0.60) / 0.10                      # 0.65
+    thr1 = 0.84 + (0.54 - 0.84) * (0.70 - 0.62) / 0.10                      # 0.60
+    assert margins["threshold"]["margins"] == pytest.approx([0.70 - thr0, 0.58 - thr1])
+    assert margins["threshold"]["wins"] == 1 and margins["threshold"]["n"] == 2  # +0.05 and −0.02
+    # top-k front: seed 0 (0.65, 0.55) and NCL (0.70, 0.50); seed 1 (0.67, 0.59) and (0.72, 0.54)
+    top1 = 0.59 + (0.54 - 0.59) * (0.70 - 0.67) / 0.05
+    assert margins["top_k"]["margins"] == pytest.approx([0.70 - 0.55, 0.58 - top1])
+    # every post-hoc cut together: the better of the two fronts at each kNN
+    assert margins["posthoc"]["margins"] == pytest.approx([0.70 - thr0, 0.58 - max(thr1, top1)])
+    assert margins["trained_top_k"]["margins"] == pytest.approx([0.70 - 0.60, 0.58 - 0.70])
+    assert margins["threshold"]["mean"] == pytest.approx(statistics.fmean([0.70 - thr0, 0.58 - thr1]))
+
+
+def test_selection_takes_the_most_consistent_point_within_one_point_of_ncl():
+    rows = [_row("ncl", "features", s, 0.70, 0.50) for s in range(2)]
+    rows += [_row("g", "mode", s, 0.695, 0.60, knob=1) for s in range(2)]
+    rows += [_row("g", "mode", s, 0.60, 0.90, knob=2) for s in range(2)]   # more consistent, too inaccurate
+    rows += [_row("g", "mean", s, 0.70, 0.55, knob=1) for s in range(2)]
+    rows += [_row("h", "mode", s, 0.75, 0.70, knob=1, probe_h=0.70) for s in range(2)]  # linear (h) too low
+    chosen = select(rows, summarise(rows))
+    assert (chosen["g"]["point"]["knob"], chosen["g"]["point"]["variant"]) == (1, "mode") and chosen["g"]["eligible"]
+    assert chosen["g"]["margins"]["threshold"]["margins"] == pytest.approx([0.10, 0.10])
+    assert not chosen["h"]["eligible"]
 
 
 def test_baseline_front_is_interpolated_on_its_pareto_points():
@@ -128,8 +153,9 @@ ncl:
   flags: {method: ncl}
   posthoc: true
 gate:
-  flags: {method: bayesncl, guide: value, kl_weight: 0.01}
+  flags: {method: bayesncl, guide: exact_k, kl_weight: 0.01}
   knob: {prior_prob: [0.5, 0.1]}
+  candidate: true
 """
 
 
@@ -152,22 +178,12 @@ def test_changed_settings_default_missing_keys_and_accept_a_resolved_auto():
     assert changed_settings(older, dict(wanted, test_gate="mean", temperature=0.5)) == ["temperature", "test_gate"]
 
 
-def test_a_mean_row_equal_to_the_mode_row_is_dropped():
-    spec = importlib.util.spec_from_file_location("experiments_frontier", ROOT / "experiments" / "frontier.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    drop_repeated_mean = module.drop_repeated_mean
-    mode = {"variant": "mode", "param": None, "knn_accuracy": 0.7, "semantic_consistency": 0.6}
-    same = dict(mode, variant="mean")
-    other = dict(mode, variant="mean", semantic_consistency=0.61)
-    assert drop_repeated_mean([mode, same]) == [mode]
-    assert drop_repeated_mean([mode, other]) == [mode, other]
-    assert drop_repeated_mean([same]) == [same]  # no mode row to compare with: kept
-
-
 def test_frontier_end_to_end(tmp_path):
+    """Selection on the validation split (the test split unread), then the final stage on the test split; the
+    measured features agree with each run's own end-of-run evaluation (of the validation split); resumable;
+    a folder holding another run's settings is refused."""
     (tmp_path / "designs.yaml").write_text(DESIGNS)
-    result = _frontier(tmp_path)
+    result = _frontier(tmp_path, "--val-size", "500")
     assert result.returncode == 0, result.stderr[-2000:]
     front = tmp_path / "front"
     summary = json.loads((front / "frontier.json").read_text())
@@ -175,23 +191,36 @@ def test_frontier_end_to_end(tmp_path):
     assert curves == {"ncl", "ncl+threshold", "ncl+top-k", "ncl+rate-cap", "gate (mode)", "gate (mean)"}
     assert (front / "frontier.png").stat().st_size > 1000
     table = (front / "frontier.md").read_text()
-    assert "★" in table and "## Goal check" in table and "gate (mode)" in table
-    # the measured features agree with each run's own end-of-run evaluation (another process, same features)
+    assert "★" in table and "## Selection (validation split)" in table and "gate (mode)" in table
+    selection = json.loads((front / "selection.json").read_text())
+    assert set(selection["designs"]) == {"gate"} and selection["candidates"] == ["gate"]
     for run, variant in ((front / "runs" / "ncl" / "seed=0", "features"),
                          (front / "runs" / "gate" / "prior_prob=0.1" / "seed=0", "mode")):
+        record = json.loads((run / "frontier.json").read_text())
+        assert set(record["splits"]) == {"val"}  # the test split is not read in the selection stage
+        assert json.loads((run / "config.json").read_text())["val_size"] == 500
         own = json.loads((run / "metrics.json").read_text())
-        measured = next(r for r in json.loads((run / "frontier.json").read_text())["rows"] if r["variant"] == variant)
-        for key in ("knn_accuracy", "semantic_consistency", "sparsity", "linear_probe_backbone",
-                    "linear_probe_features"):
+        measured = next(r for r in record["splits"]["val"] if r["variant"] == variant)
+        for key in ("knn_accuracy", "semantic_consistency", "weighted_consistency", "sparsity",
+                    "linear_probe_backbone", "linear_probe_features"):
             assert measured[key] == pytest.approx(own[key], abs=1e-6), key
     # resumable: nothing is trained or measured again
     stamps = {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
-    again = _frontier(tmp_path)
+    again = _frontier(tmp_path, "--val-size", "500")
     assert again.returncode == 0 and again.stdout.count("done before") == 3, again.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
+    # the final stage: the chosen point and NCL on the test split, nothing retrained
+    final = _frontier(tmp_path, "--val-size", "500", "--final", "--final-seeds", "0")
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert stamps == {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
+    chosen = selection["designs"]["gate"]["knob"]
+    record = json.loads((front / "runs" / "gate" / f"prior_prob={chosen}" / "seed=0" / "frontier.json").read_text())
+    assert set(record["splits"]) == {"val", "test"}
+    report = (front / "final.md").read_text()
+    assert "test split" in report and "## Goal check of the default `gate`" in report
     # a folder holding a run with other settings is refused, not reused
     (tmp_path / "designs.yaml").write_text(DESIGNS.replace("kl_weight: 0.01", "kl_weight: 0.02"))
-    refused = _frontier(tmp_path, "--designs", "gate")
+    refused = _frontier(tmp_path, "--val-size", "500", "--designs", "ncl,gate")
     assert refused.returncode != 0 and "holds a run with other settings (kl_weight: 0.01 → 0.02)" in refused.stdout
 
 
@@ -201,3 +230,6 @@ def test_frontier_refuses_bad_designs(tmp_path):
     assert result.returncode == 2 and "'out' is not a method setting" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "front" / "runs").exists()
+    (tmp_path / "designs.yaml").write_text(DESIGNS)
+    result = _frontier(tmp_path, "--final")
+    assert result.returncode == 2 and "selection.json is missing" in result.stderr

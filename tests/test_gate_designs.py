@@ -216,49 +216,54 @@ def test_unknown_test_gate_is_refused():
         build_system(Config(test_gate="median", width=4, hidden_dim=16, feature_dim=8).resolved(), in_channels=1)
 
 
-def test_topk_gate_keeps_each_views_largest_entries_with_a_curriculum():
-    config = Config(guide="topk", topk=2, topk_anneal_epochs=1, width=4, hidden_dim=16, feature_dim=8).resolved()
+def test_topk_activation_keeps_each_views_largest_entries_with_a_curriculum():
+    """``--method ncl_topk``: ReLU, then each row's k largest entries; k falls from K over the anneal epochs in
+    training, is the final k in evaluation mode; the objective is plain NT-Xent on those features (no gate)."""
+    config = Config(method="ncl_topk", topk=2, budget_anneal_epochs=1, width=4, hidden_dim=16,
+                    feature_dim=8).resolved()
     torch.manual_seed(0)
     system = build_system(config, in_channels=1)
-    guide = system.guide
+    assert not system.gated
+    activation = system.encoder._activation
     ks = []
     for epochs_done in (0.0, 0.25, 0.5, 1.0, 3.0):
-        guide.set_progress(epochs_done)
-        ks.append(guide.current_k)
+        system.set_progress(epochs_done)
+        ks.append(activation.budget.current_k)
     assert ks == [8, 7, 5, 2, 2]  # ⌈8 − 6·t⌉, then the final k
-    guide.set_progress(0.5)
-    z = torch.rand(5, 8)
+    system.set_progress(0.5)
+    x = torch.randn(5, 8)
     for training, k in ((True, 5), (False, 2)):
-        guide.train(training)
-        mask = guide.mode(torch.zeros(5, 1), z)
-        for row, m in zip(z, mask):
-            assert set(m.nonzero().flatten().tolist()) == set(torch.argsort(row, descending=True)[:k].tolist())
-    # the objective per view: NT-Xent of the top-k gated features + β KL(δ_m ‖ p) = β (−log p(m)), a constant
-    guide.train()
-    guide.set_progress(5.0)
+        activation.train(training)
+        out = activation(x)
+        for row, kept in zip(torch.relu(x), out):
+            top = set(torch.argsort(row, descending=True)[:k].tolist())
+            assert set(kept.nonzero().flatten().tolist()) == {d for d in top if row[d] > 0}
+            assert torch.equal(kept[list(top)], row[list(top)])
+    system.train()
+    system.set_progress(5.0)
     batch = system.encode(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.arange(4), 4)
+    assert int((batch.z > 0).sum(1).max()) <= 2
     scale = 1.0 / batch.dataset_views
-    loss = TraceGraph_ELBO().loss(poutine.scale(system.model.model, scale), poutine.scale(guide.guide, scale), batch)
-    zn = safe_normalize(batch.z)
-    keep = torch.zeros_like(zn).scatter_(1, torch.topk(zn, 2, dim=1).indices, 1.0)
-    pi = config.prior_prob
-    neg_log_prior = -(2 * math.log(pi) + 6 * math.log(1 - pi))  # 2 of 8 gates open
-    expected = nt_xent(safe_normalize(zn * keep), config.temperature).item() + config.kl_weight * neg_log_prior
-    assert loss == pytest.approx(expected, rel=1e-5)
+    loss = TraceGraph_ELBO().loss(poutine.scale(system.model.model, scale), poutine.scale(system.guide.guide, scale),
+                                  batch)
+    assert loss == pytest.approx(nt_xent(safe_normalize(batch.z), config.temperature).item(), rel=1e-5)
 
 
 def test_topk_one_entry_is_refused_and_the_default_k_keeps_a_gradient():
-    from guides.topk_gate import default_k
+    from pyro_ncl.budget import default_topk
     # one kept entry: normalize(z ⊙ m) is one-hot, a constant, so NT-Xent gives the encoder no gradient
     z = torch.rand(4, 8, requires_grad=True)
     one_hot = safe_normalize(z * torch.zeros_like(z).scatter_(1, z.argmax(1, keepdim=True), 1.0))
     nt_xent(one_hot, 0.5).backward()
     assert float(z.grad.abs().max()) == 0.0
     with pytest.raises(ValueError, match="--topk must be at least 2"):
-        build_system(Config(guide="topk", topk=1, width=4, hidden_dim=16, feature_dim=8).resolved(), in_channels=1)
+        Config(method="ncl_topk", topk=1, width=4, hidden_dim=16, feature_dim=8).resolved().validate()
     with pytest.raises(ValueError, match="--topk must lie in \\[2, --feature-dim 8\\]"):
-        build_system(Config(guide="topk", topk=9, width=4, hidden_dim=16, feature_dim=8).resolved(), in_channels=1)
-    assert [default_k(K) for K in (2, 8, 64, 128, 256)] == [2, 2, 2, 4, 8]
+        build_system(Config(method="ncl_topk", topk=9, width=4, hidden_dim=16, feature_dim=8).resolved(),
+                     in_channels=1)
+    with pytest.raises(ValueError, match="--topk sets the top-k activation"):
+        Config(topk=4).resolved().validate()  # the default bayesncl takes its budget from π
+    assert [default_topk(K) for K in (2, 8, 64, 128, 256)] == [2, 2, 2, 4, 8]
 
 
 def test_relative_gate_logits_and_every_view_keeps_its_strongest_entry():

@@ -39,7 +39,7 @@ def test_short_run_writes_every_output(tmp_path):
         assert key in metrics
     assert 0.1 < metrics["linear_probe_backbone"] <= 1.0  # better than chance on 10 classes
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (config["prior"], config["guide"], config["subset"]) == ("bernoulli", "topk", 512)
+    assert (config["prior"], config["guide"], config["subset"]) == ("bernoulli", "exact_k", 512)
     # a second run into the same folder is refused and loses nothing
     before = (tmp_path / "run" / "metrics.json").read_bytes()
     again = run("--subset", "512", "--epochs", "1", "--out", str(tmp_path / "run"))

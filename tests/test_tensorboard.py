@@ -77,7 +77,7 @@ def test_run_writes_the_logged_scalars_gate_figures_and_hparams(tiny_run):
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert hparams["prior_prob"].number_value == pytest.approx(config["prior_prob"])
-    assert hparams["guide"].string_value == config["guide"] == "topk"
+    assert hparams["guide"].string_value == config["guide"] == "exact_k"
     assert hparams["subset"].number_value == config["subset"]
     assert not set(hparams) & set(BOOKKEEPING)  # where and how it ran is no hyperparameter
 

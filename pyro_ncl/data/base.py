@@ -6,7 +6,14 @@ A dataset factory ``DATASETS[name](root=None, subset=None, **options)`` returns 
     ``train_batches(batch_size, epoch, seed, device, start_step=0)`` → iterator of (x1, x2, y, index): two
         augmented, normalised views [B, C, S, S] on ``device``, labels [B] and dataset indices [B]; the order and
         the views depend only on (seed, epoch, step), so a resumed run sees the same batches;
-    ``eval_batches(split, batch_size, device)`` → iterator of (x, y), split "train" or "test", no augmentation.
+    ``eval_batches(split, batch_size, device)`` → iterator of (x, y), split "train", "val" (when a validation
+        split is carved, ``val_size``) or "test", no augmentation;
+    ``eval_split``: the split the end-of-run evaluation scores: "val" when there is a validation split (the test
+        split is then left unread), else "test".
+
+Validation (``val_size`` V, the in-memory datasets): the last V images of the training set are held out as the
+"val" split; training (and ``subset``, which counts within the rest) uses the images before them, so a run with
+``--subset 10000`` trains on the same images with or without a validation split.
 
 Data parallelism (``pyro_ncl.distributed``): ``train_batches(..., rank=r, world_size=G)`` (in-memory and
 folder datasets) yields process r's contiguous shard, rows r·B/G .. (r+1)·B/G − 1, of the very global batch of B
@@ -148,12 +155,31 @@ def check_splits(name: str, train: ImageTensors, test: ImageTensors, num_classes
                          f"training images {tuple(train.images.shape[1:])}; both splits must have one shape")
 
 
+def carve_validation(train: ImageTensors, val_size: Optional[int], name: str) -> tuple:
+    """(training images before the last ``val_size``, the last ``val_size`` as the validation split or None)."""
+    if val_size is None:
+        return train, None
+    n = train.images.shape[0]
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or not 1 <= val_size <= n - 2:
+        raise ValueError(f"--val-size must be an integer from 1 to {n - 2} (the {n} training images of {name} less "
+                         f"two to train on), got {val_size!r}")
+    cut = n - val_size
+    return (ImageTensors(train.images[:cut], train.labels[:cut]),
+            ImageTensors(train.images[cut:], train.labels[cut:]))
+
+
 class DataBundle:
     name: str
     num_classes: int
     in_channels: int
     image_size: int
     num_train: int
+    val = None  # the validation split (ImageTensors) when one is carved
+
+    @property
+    def eval_split(self) -> str:
+        """The split the end-of-run evaluation scores: "val" when a validation split is carved, else "test"."""
+        return "val" if self.val is not None else "test"
 
     def steps_per_epoch(self, batch_size: int) -> int:
         if batch_size < 2:
@@ -176,9 +202,17 @@ class InMemoryData(DataBundle):
 
     def __init__(self, name: str, train: ImageTensors, test: ImageTensors, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], subset: Optional[int] = None,
-                 augment: Optional[BatchAugment] = None):
+                 augment: Optional[BatchAugment] = None, val_size: Optional[int] = None,
+                 val: Optional[ImageTensors] = None):
+        """``val_size``: carve the last V training images as the validation split; ``val``: a validation split
+        made by the dataset itself (held out from ``train`` already)."""
         self.name, self.num_classes = name, num_classes
+        if val is None:
+            train, val = carve_validation(train, val_size, name)
         check_splits(name, train, test, num_classes)
+        if val is not None:
+            check_splits(name, train, val, num_classes)
+        self.val = val
         n = check_subset(subset, train.images.shape[0], name)
         self.train = ImageTensors(train.images[:n], train.labels[:n])
         self.test = test
@@ -217,6 +251,10 @@ class InMemoryData(DataBundle):
             yield x1, x2, labels, to_device(index, device)
 
     def eval_batches(self, split, batch_size, device):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; expected train, val or test")
+        if split == "val" and self.val is None:
+            raise ValueError(f"{self.name} has no validation split (set --val-size)")
         data = self._on(split, device)
         for start in range(0, data.images.shape[0], batch_size):
             x = data.images[start:start + batch_size].float().div_(255)

@@ -69,7 +69,8 @@ def _download(name: str, root: Path) -> None:
 def _cifar(name: str):
     folder, train_files, test_files, label_key, classes, mean, std, _ = SPECS[name]
 
-    def build(root=None, subset=None, download: bool = False, num_workers: int = 0, **options) -> InMemoryData:
+    def build(root=None, subset=None, download: bool = False, num_workers: int = 0, val_size=None,
+              **options) -> InMemoryData:
         reject_options(name, options)
         check_num_workers(num_workers)
         where = torchvision_folder(name, Path(root or DEFAULT_ROOT), folder, train_files + test_files,
@@ -81,7 +82,7 @@ def _cifar(name: str):
                 raise ValueError(f"{name}: labels in {where} must lie in 0..{classes - 1}, found "
                                  f"{int(split.labels.min())}..{int(split.labels.max())}")
         return InMemoryData(name, train, test, num_classes=classes, mean=mean, std=std, subset=subset,
-                            augment=cifar_augment(32))
+                            augment=cifar_augment(32), val_size=val_size)
     build.__doc__ = f"{name}: (root=None, subset=None, download=False, num_workers=0) → InMemoryData, 32 px RGB."
     return build
 

@@ -13,7 +13,9 @@ drawn from its own generator: with probability ``spurious_correlation`` it is th
 independent of the class) does the same for the test split.
 
 Options: ``seed`` (0), ``spurious_correlation`` (0.0), ``test_spurious_correlation`` (0.0), ``num_backgrounds``
-(5, from 2 to 5), ``num_workers`` (ignored). ``root``: the Fashion-MNIST IDX folder.
+(5, from 2 to 5), ``background_strength`` (1.0: the background's contrast and saturation around mid-grey; lower
+makes the item easier to learn than the background), ``val_size`` (the last V training scenes as the validation
+split), ``num_workers`` (ignored). ``root``: the Fashion-MNIST IDX folder.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_ncl.data.base import DATASETS, DatasetNotFound, ImageTensors, InMemoryData, check_num_workers, check_subset
-from pyro_ncl.data.base import key_seed, reject_options
+from pyro_ncl.data.base import carve_validation, key_seed, reject_options
 from pyro_ncl.data.cifar import cifar_augment
 from pyro_ncl.data.idx import DEFAULT_ROOTS, HOW_TO_GET, load_idx_split
 
@@ -86,14 +88,18 @@ def paste(items: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return padded[torch.arange(n)[:, None, None], rows, cols][:, None]
 
 
-def compose(items: torch.Tensor, kinds: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """items uint8 [n, 28, 28], background types [n] → uint8 RGB images [n, 3, 32, 32]."""
+def compose(items: torch.Tensor, kinds: torch.Tensor, g: torch.Generator, strength: float = 1.0,
+            item_contrast: float = 0.0) -> torch.Tensor:
+    """items uint8 [n, 28, 28], background types [n] → uint8 RGB images [n, 3, 32, 32]. ``strength`` ∈ [0, 1]
+    scales the background around mid-grey, 0.5 + strength · (background − 0.5): its pattern's contrast and its
+    colours' saturation (1: the full background; 0: plain grey); the random draws do not depend on it."""
     n = items.shape[0]
     pattern = background_patterns(kinds, g)[:, None]  # [n, 1, S, S]
     first = torch.rand(n, 3, 1, 1, generator=g)
     second = (first + 0.3 + 0.4 * torch.rand(n, 3, 1, 1, generator=g)) % 1.0  # each channel differs by >= 0.3
-    background = first * (1 - pattern) + second * pattern
+    background = 0.5 + strength * (first * (1 - pattern) + second * pattern - 0.5)
     colour = torch.rand(n, 3, 1, 1, generator=g)
+    colour = (1 - item_contrast) * colour + item_contrast
     alpha = paste(items, torch.randint(0, SIZE - ITEM + 1, (n, 2), generator=g))
     return (background * (1 - alpha) + colour * alpha).mul_(255).round_().to(torch.uint8)
 
@@ -106,20 +112,22 @@ def background_types(labels: torch.Tensor, rho: float, num_backgrounds: int, g: 
     return torch.where(own, labels % num_backgrounds, uniform)
 
 
-def make_split(items: ImageTensors, n: int, seed: int, split: str, rho: float,
-               num_backgrounds: int) -> Tuple[ImageTensors, torch.Tensor]:
-    """The first n scenes of a split: (images uint8 [n, 3, 32, 32] with class labels [n], background labels [n])."""
+def make_split(items: ImageTensors, n: int, seed: int, split: str, rho: float, num_backgrounds: int,
+               strength: float = 1.0, start: int = 0, item_contrast: float = 0.0) -> Tuple[ImageTensors, torch.Tensor]:
+    """Scenes start … start + n − 1 of a split: (images uint8 [n, 3, 32, 32] with class labels [n], background
+    labels [n]). Scene i depends only on (seed, split, i): its draws cover whole chunks of CHUNK items."""
     images, backgrounds = [], []
-    for chunk, start in enumerate(range(0, n, CHUNK)):
-        stop = min(start + CHUNK, n)
-        full = slice(start, min(start + CHUNK, items.images.shape[0]))  # draws cover whole chunks: subset-invariant
+    stop = start + n
+    for chunk in range(start // CHUNK, (stop - 1) // CHUNK + 1):
+        full = slice(chunk * CHUNK, min((chunk + 1) * CHUNK, items.images.shape[0]))
         kinds = background_types(items.labels[full], rho, num_backgrounds,
                                  _generator(seed, split, chunk, "background"))
-        take = stop - start
-        scene = compose(items.images[full][:, 0], kinds, _generator(seed, split, chunk, "scene"))
-        images.append(scene[:take])
-        backgrounds.append(kinds[:take])
-    return ImageTensors(torch.cat(images), items.labels[:n].clone()), torch.cat(backgrounds)
+        scene = compose(items.images[full][:, 0], kinds, _generator(seed, split, chunk, "scene"), strength,
+                        item_contrast)
+        take = slice(max(start, full.start) - full.start, min(stop, full.stop) - full.start)
+        images.append(scene[take])
+        backgrounds.append(kinds[take])
+    return ImageTensors(torch.cat(images), items.labels[start:stop].clone()), torch.cat(backgrounds)
 
 
 def channel_stats(images: torch.Tensor) -> Tuple[list, list]:
@@ -136,14 +144,21 @@ def channel_stats(images: torch.Tensor) -> Tuple[list, list]:
 
 
 class ScenesData(InMemoryData):
-    """``InMemoryData`` plus ``train_background`` / ``test_background`` (int64 [N]) and ``background_names``."""
+    """``InMemoryData`` plus ``train_background`` / ``val_background`` / ``test_background`` (int64 [N]; ``background(
+    split)``) and ``background_names``."""
 
     def __init__(self, train: ImageTensors, test: ImageTensors, train_background: torch.Tensor,
-                 test_background: torch.Tensor, num_backgrounds: int):
+                 test_background: torch.Tensor, num_backgrounds: int, val: ImageTensors = None,
+                 val_background: torch.Tensor = None):
         mean, std = channel_stats(train.images)
-        super().__init__(NAME, train, test, num_classes=10, mean=mean, std=std, augment=cifar_augment(SIZE))
+        super().__init__(NAME, train, test, num_classes=10, mean=mean, std=std, augment=cifar_augment(SIZE), val=val)
         self.train_background, self.test_background = train_background, test_background
+        self.val_background = val_background
         self.background_names = list(BACKGROUNDS[:num_backgrounds])
+
+    def background(self, split: str) -> torch.Tensor:
+        """[N] the background types of a split, aligned with ``eval_batches(split)``."""
+        return {"train": self.train_background, "val": self.val_background, "test": self.test_background}[split]
 
 
 def _check_rho(name: str, value) -> float:
@@ -155,11 +170,13 @@ def _check_rho(name: str, value) -> float:
 @DATASETS.register(NAME)
 def scenes(root=None, subset=None, seed: int = 0, spurious_correlation: float = 0.0,
            test_spurious_correlation: float = 0.0, num_backgrounds: int = len(BACKGROUNDS), num_workers: int = 0,
-           **options) -> ScenesData:
+           background_strength: float = 1.0, item_contrast: float = 0.0, val_size=None, **options) -> ScenesData:
     reject_options(NAME, options)
     check_num_workers(num_workers)
     rho, test_rho = _check_rho("spurious_correlation", spurious_correlation), \
         _check_rho("test_spurious_correlation", test_spurious_correlation)
+    strength = _check_rho("background_strength", background_strength)
+    look = dict(strength=strength, item_contrast=_check_rho("item_contrast", item_contrast))
     if not isinstance(num_backgrounds, int) or not 2 <= num_backgrounds <= len(BACKGROUNDS):
         raise ValueError(f"num_backgrounds must be an integer from 2 to {len(BACKGROUNDS)}, got {num_backgrounds!r}")
     folder = Path(root or DEFAULT_ROOTS["fashion-mnist"])
@@ -167,10 +184,15 @@ def scenes(root=None, subset=None, seed: int = 0, spurious_correlation: float = 
         raise DatasetNotFound(f"{NAME} needs the Fashion-MNIST items: {folder} is not a folder; "
                               f"{HOW_TO_GET['fashion-mnist']}, or pass --data-root")
     train_items, test_items = (load_idx_split(folder, s, "fashion-mnist") for s in ("train", "test"))
-    n = check_subset(subset, train_items.images.shape[0], NAME)
-    train, train_bg = make_split(train_items, n, seed, "train", rho, num_backgrounds)
-    test, test_bg = make_split(test_items, test_items.images.shape[0], seed, "test", test_rho, num_backgrounds)
-    return ScenesData(train, test, train_bg, test_bg, num_backgrounds)
+    total = train_items.images.shape[0]
+    pool, held = carve_validation(ImageTensors(train_items.images[:, :0], train_items.labels), val_size, NAME)
+    n = check_subset(subset, pool.labels.shape[0], NAME)
+    train, train_bg = make_split(train_items, n, seed, "train", rho, num_backgrounds, **look)
+    val, val_bg = (make_split(train_items, val_size, seed, "train", rho, num_backgrounds, start=total - val_size,
+                              **look) if held is not None else (None, None))
+    test, test_bg = make_split(test_items, test_items.images.shape[0], seed, "test", test_rho, num_backgrounds,
+                               **look)
+    return ScenesData(train, test, train_bg, test_bg, num_backgrounds, val=val, val_background=val_bg)
 
 
 def background_leakage(train_features: torch.Tensor, train_bg: torch.Tensor, test_features: torch.Tensor,

@@ -1,0 +1,106 @@
+"""``exact_k``: a budgeted Bayesian gate — each view opens exactly k gates, drawn from an exactly-k conditional
+Bernoulli posterior amortized from the encoder.
+
+    q(m_v | x_v) ∝ Π_d σ(θ_vd)^{m_vd} (1 − σ(θ_vd))^{1 − m_vd} · 1[Σ_d m_vd = k],   θ_v = z_v / s + head(h_v)
+
+(``pyro_ncl.conditional_bernoulli``), with z the normalised non-negative projector output (detached unless
+``--gate-grad-to-backbone``, as h), s > 0 a learned scale and head the gate MLP on h (its last layer starts at 0, so
+the gate starts as a soft top-k of z). The prior is the model's factorised Bernoulli: ``bernoulli`` (one π) or
+``beta_bernoulli`` (per-dimension rates ρ_d, inferred). The budget is the prior's: k = max(2, round(π·K)), so
+``--prior-prob`` sets how many gates a view opens (π 1/32: 4 of 128), and k falls from K to it over
+``--budget-anneal-epochs`` in training (``pyro_ncl.budget``).
+
+ELBO. Every mask of q's support has k ones, so the gate term is exact in closed form:
+    KL(q ‖ p) = −H(q) − Σ_d [μ_d log ρ_d + (1 − μ_d) log(1 − ρ_d)]    (μ the marginals, H = log Z − θ·μ),
+which for one π is −H(q) − k log π − (K − k) log(1 − π): β · (−H) plus a constant, so β rewards posterior
+uncertainty (the prior's π acts through the budget; with ``beta_bernoulli`` its learned rates also decide which
+dimensions are used). It enters as a pathwise ``pyro.factor`` (exact value and gradient); the sampled gate site is
+masked. The objective is an ELBO of the gated model.
+
+Gradient. The contrastive term E_q[f(m)] gets SIMPLE's estimator (Ahmed et al., ICLR 2023): the exact sample
+forward, the gradient of the marginals μ backward. It is biased; ``tests/test_conditional_bernoulli.py`` measures the
+bias against the exact gradient on a problem small enough to enumerate. The KL's gradient is exact.
+
+Test time: ``--test-gate mode`` gates with the posterior's mode, the k largest θ_d (the most probable mask);
+``mean`` weighs z by the marginals μ. ``probs`` are the marginals, ``entropy`` the exact posterior entropy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from guides.base import GUIDES, GateGuide
+from models.priors import GatePrior
+from pyro_ncl.budget import Budget, budget_from_prior, default_anneal_epochs
+from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
+
+SCALE_INIT = 0.05  # s: a difference of 0.05 between two entries of the normalised z is one unit of logit
+
+
+@GUIDES.register("exact_k")
+class ExactKGate(GateGuide):
+
+    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0, **kwargs):
+        super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
+        if type(prior).gate_kl is not GatePrior.gate_kl or not hasattr(prior, "prior_prob"):
+            raise ValueError(f"--guide exact_k needs a factorised Bernoulli prior (bernoulli or beta_bernoulli), "
+                             f"got {type(prior).__name__}")
+        self.budget = Budget(feature_dim, budget_from_prior(prior.prior_prob, feature_dim), anneal_epochs)
+        self.raw_scale = nn.Parameter(torch.tensor(math.log(math.expm1(SCALE_INIT))))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    @classmethod
+    def options(cls, config) -> dict:
+        anneal = config.budget_anneal_epochs
+        return {"anneal_epochs": anneal if anneal is not None else default_anneal_epochs(config.epochs)}
+
+    @property
+    def k(self) -> int:
+        """The budget at the end of the curriculum (and at test time)."""
+        return self.budget.k
+
+    def set_progress(self, epochs_done: float) -> None:
+        self.budget.set_progress(epochs_done)
+
+    def scale(self) -> torch.Tensor:
+        """[] s > 0."""
+        return nn.functional.softplus(self.raw_scale)
+
+    def view_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [N, F], normalised z [N, K] → θ [N, K] = z / s + head(h), in fp32."""
+        if z is None:
+            raise ValueError("the exact-k gate reads z: call view_logits/probs/mode with h and z")
+        z = (z.detach() if self.detach_features else z).to(self.raw_scale.dtype)
+        return z / self.scale() + self.logits(h)
+
+    def posterior(self, logits: torch.Tensor) -> ConditionalBernoulli:
+        """[..., K] θ → the exactly-k posterior (k_t in training, k in evaluation mode), event shape [K]."""
+        return ConditionalBernoulli(logits, self.budget.now(self.training))
+
+    def gate_distribution(self, logits):
+        return self.posterior(logits)
+
+    def closed_form_kl(self, logits, prior_probs):
+        """[G, K] θ → [G] KL(q ‖ Π_d Bernoulli(ρ_d)) exactly (see the module docstring)."""
+        return self.posterior(logits).kl_to_bernoulli(prior_probs)
+
+    # ---- the guide's answers about its posterior
+    def probs(self, h, z=None):
+        """[N, K] the marginals μ_d = q(m_d = 1 | x) (Σ_d μ_d = k)."""
+        return self.posterior(self.view_logits(h, z)).marginals
+
+    def open_logits(self, h, z=None):
+        """[N, K] logit(μ_d), finite (μ clamped to [1e-7, 1 − 1e-7])."""
+        return torch.logit(self.probs(h, z).clamp(1e-7, 1 - 1e-7))
+
+    def mode(self, h, z=None):
+        """[N, K] the most probable mask: the k largest θ_d."""
+        return self.posterior(self.view_logits(h, z)).mode
+
+    def entropy(self, h, z=None):
+        """[N] the exact entropy of the exactly-k posterior (nats)."""
+        return self.posterior(self.view_logits(h, z)).entropy()

@@ -3,6 +3,7 @@
 
     python experiments/evaluate.py runs/bayesncl
     python experiments/evaluate.py runs/ncl --device cuda --tsne-samples 5000
+    python experiments/evaluate.py runs/chosen --split test    # a run with --val-size: its test split, once
 
 Writes RUN_DIR/eval/ (the run's own metrics.json is left alone):
     metrics.json                 the run's end-of-run metrics recomputed (linear probes on h and on the features,
@@ -47,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a finished run's folder (config.json, checkpoint.pt)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--split", choices=("val", "test"), default=None,
+                   help="the scored split (default: the run's own: val for a run with --val-size, else test)")
     p.add_argument("--batch-size", type=int_at_least(1), default=None,
                    help="feature-extraction batch (default: the run's)")
     p.add_argument("--data-root", default=None, help="dataset folder, if it moved since training")
@@ -85,7 +88,7 @@ def compute_metrics(run: Run, train, test, importance: torch.Tensor, args, devic
     epochs = args.probe_epochs or run.config.probe_epochs
     Ftr, Fte, ytr, yte = train["features"], test["features"], train["y"], test["y"]
     metrics = score(train, test, run.data, device=device, probe_epochs=epochs,
-                    knn_k=args.knn_k or run.config.knn_k, seed=args.seed)
+                    knn_k=args.knn_k or run.config.knn_k, seed=args.seed, split=args.split)
     metrics.update(interpretability_suite(Fte, yte, C))
     ps = [p for p in (1, 3, 5, 10) if p < Fte.shape[0]]
     retrieval = retrieval_precision(Ftr, Fte, yte, importance=importance, ps=ps)
@@ -144,12 +147,12 @@ def _show(ax, image: torch.Tensor) -> None:
 
 
 def plot_top_dims(run: Run, test, importance: torch.Tensor, dims: int, per_dim: int, batch_size: int,
-                  path: Path) -> None:
+                  path: Path, split: str = "test") -> None:
     """Rows: the ``dims`` most important dimensions; columns: the test images with the largest feature values."""
     F, y = test["features"], test["y"]
     dims_idx = importance.topk(min(dims, F.shape[1])).indices
     top = F[:, dims_idx].topk(min(per_dim, F.shape[0]), dim=0)  # values/indices [per_dim, dims]
-    images = _gather(run, "test", top.indices.T.reshape(-1), batch_size)
+    images = _gather(run, split, top.indices.T.reshape(-1), batch_size)
     rows, cols = len(dims_idx), top.indices.shape[0]
     fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols + 1.2, 1.3 * rows), squeeze=False)
     for r, d in enumerate(dims_idx.tolist()):
@@ -226,15 +229,19 @@ def main(args) -> Dict:
         raise ValueError(f"--knn-k {knn_k} is larger than the run's {run.data.num_train} training images")
     out = run.path / "eval"
     out.mkdir(exist_ok=True)
-    train, test = extract_split(run, "train", batch_size), extract_split(run, "test", batch_size)
+    args.split = args.split or run.data.eval_split  # a run with a validation split: val unless --split test
+    if args.split == "val" and run.data.val is None:
+        raise ValueError(f"{run.path} has no validation split (it was trained without --val-size)")
+    train, test = extract_split(run, "train", batch_size), extract_split(run, args.split, batch_size)
     importance, how = importance_of(run, train)
-    metrics = {"run": str(run.path), "method": run.config.method, "importance": how}
+    metrics = {"run": str(run.path), "method": run.config.method, "importance": how, "split": args.split}
     metrics.update(compute_metrics(run, train, test, importance, args, device))
 
     if run.gated:
         plot_gate_frequency(gate_frequency_by_class(test["gate"], test["y"], run.data.num_classes),
                             out / "gate_frequency_by_class.png")
-    plot_top_dims(run, test, importance, args.top_k_dims, args.top_images, batch_size, out / "top_dims.png")
+    plot_top_dims(run, test, importance, args.top_k_dims, args.top_images, batch_size, out / "top_dims.png",
+                  args.split)
     plot_retrieval(metrics["retrieval"], out / "retrieval.png")
     plot_sparsity(test["features"], out / "sparsity.png")
     if args.tsne_samples > 0:

@@ -33,7 +33,6 @@ import torch
 import torch.nn as nn
 
 from guides.base import GUIDES, GateGuide
-from models.priors import GatePrior
 from pyro_ncl.budget import Budget, budget_from_prior, default_anneal_epochs
 from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
 
@@ -42,10 +41,11 @@ SCALE_INIT = 0.05  # s: a difference of 0.05 between two entries of the normalis
 
 @GUIDES.register("exact_k")
 class ExactKGate(GateGuide):
+    factorised_prior_only = True  # the closed-form KL is that of a product of Bernoulli(ρ_d)
 
     def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0, **kwargs):
         super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
-        if type(prior).gate_kl is not GatePrior.gate_kl or not hasattr(prior, "prior_prob"):
+        if not getattr(prior, "factorised", True) or not hasattr(prior, "prior_prob"):
             raise ValueError(f"--guide exact_k needs a factorised Bernoulli prior (bernoulli or beta_bernoulli), "
                              f"got {type(prior).__name__}")
         self.budget = Budget(feature_dim, budget_from_prior(prior.prior_prob, feature_dim), anneal_epochs)

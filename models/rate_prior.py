@@ -26,6 +26,7 @@ RATE_CLAMP = 1e-6
 class AggregateRatePrior(BernoulliPrior):
     elbo = False          # the gate term is a penalty, not the ELBO's KL
     batch_coupled = True  # the term of one gate depends on the other gates of the batch
+    factorised = False    # not a product of per-gate Bernoulli terms (the structured exact_k posterior refuses it)
 
     def gate_kl(self, q_logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Tensor:
         """[G, K] logits of the batch's gates → [G], each entry Σ_d KL(Bern(q̄_d) ‖ Bern(π_d)) (so that their sum

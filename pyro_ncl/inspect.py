@@ -4,7 +4,7 @@
     x, y = load_images(run, "test", 16)             # [16, C, H, W] normalised images, [16] labels
     gate_probabilities(run, x)                      # [16, K] q(m_d = 1 | x), the guide's own (guide.probs)
     sample_gates(run, x, 100)                       # [100, 16, K] masks drawn by the guide (guide.sample_masks)
-    posterior_entropy(run, x)                       # [K] mean Bernoulli entropy (nats): which gates are uncertain
+    posterior_entropy(run, x)                       # [K] mean entropy of each gate's marginal (nats): which are uncertain
     class_gate_frequency(run)                       # [C, K] fraction of each class's test images opening gate d
     switched_on(run, x[0])                          # [(dim, probability), ...] the gates image 0 opens
 
@@ -186,11 +186,12 @@ def class_gate_frequency(run: Run, split: str = "test") -> torch.Tensor:
 
 
 def switched_on(run: Run, image: torch.Tensor) -> List[Tuple[int, float]]:
-    """The dimensions one image [C, H, W] (or [1, C, H, W]) opens (the test-time gate: q(m_d = 1) > 0.5), as
-    (dim, ``guide.probs``) pairs, most probable first."""
+    """The dimensions one image [C, H, W] (or [1, C, H, W]) opens under the test-time gate (the posterior's mode,
+    ``guide.mode``: q(m_d = 1) > 0.5 for factorised posteriors, the k largest logits for ``exact_k``), as (dim,
+    ``guide.probs``) pairs, most probable first."""
     if image.dim() == 4 and image.shape[0] != 1:
         raise ValueError(f"switched_on takes one image, got a batch of {image.shape[0]}")
-    logits = _open_logits(run, image)[0]
-    probs = torch.sigmoid(logits)
-    dims = (logits > 0).nonzero().squeeze(1).tolist()
+    mode = _ask_guide(run, image, lambda guide, h, z: guide.mode(h, z))[0]
+    probs = gate_probabilities(run, image)[0]
+    dims = (mode > 0.5).nonzero().squeeze(1).tolist()
     return sorted(((d, float(probs[d])) for d in dims), key=lambda item: (-item[1], item[0]))

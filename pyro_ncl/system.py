@@ -27,6 +27,10 @@ def check_parts(config: Config) -> None:
     if prior.value_kind != guide.value_kind:
         raise ValueError(f"--prior {config.prior} scores {_kind(prior.value_kind)} but --guide {config.guide} "
                          f"produces {_kind(guide.value_kind)}: the ELBO would compare different kinds of value")
+    if getattr(guide, "factorised_prior_only", False) and not getattr(prior, "factorised", True):
+        raise ValueError(f"--guide {config.guide} takes its gate term as the exact KL to a factorised Bernoulli "
+                         f"prior (bernoulli, beta_bernoulli); --prior {config.prior} is a penalty on the batch's "
+                         f"open rates")
     if likelihood.requires_labels and prior.value_kind is not None:
         raise ValueError(f"--likelihood {config.likelihood} is supervised and gates its features from label "
                          f"embeddings; combine it with --prior none --guide none, not --prior {config.prior}")

@@ -215,7 +215,9 @@ def gated_combinations():
     from models import PRIORS
     for prior in PRIORS.names():
         for guide in GUIDES.names():
-            if PRIORS[prior].value_kind is not None and PRIORS[prior].value_kind == GUIDES[guide].value_kind:
+            if PRIORS[prior].value_kind is not None and PRIORS[prior].value_kind == GUIDES[guide].value_kind and \
+                    (getattr(PRIORS[prior], "factorised", True) or not getattr(GUIDES[guide], "factorised_prior_only",
+                                                                               False)):
                 yield pytest.param(prior, guide, id=f"{prior}-{guide}")
 
 

@@ -296,12 +296,16 @@ def _table(points: List[dict], knob_keys: Dict[str, str]) -> List[str]:
 
 def _selection_table(chosen: Dict[str, dict], knob_keys: Dict[str, str]) -> List[str]:
     lines = ["| design | chosen point | within 1 pt of NCL | kNN | consistency | "
-             + " | ".join(f"vs {label}" for _, label in MARGINS) + " |", "|---|---|---|---|---|" + "---|" * len(MARGINS)]
+             + " | ".join(f"vs {label}" for _, label in MARGINS)
+             + " | weighted cons. | weighted vs all post-hoc | weighted vs ncl_topk |",
+             "|---|---|---|---|---|" + "---|" * (len(MARGINS) + 3)]
     for design, entry in chosen.items():
-        p = entry["point"]
+        p, weighted = entry["point"], entry.get("weighted_margins", {})
         lines.append(f"| {design} | {point_label(p, knob_keys)} | {'yes' if entry['eligible'] else 'no'} | "
                      f"{_fmt(p, 'knn_accuracy')} | {_fmt(p, 'semantic_consistency')} | "
-                     + " | ".join(_fmt_margin(entry["margins"].get(name)) for name, _ in MARGINS) + " |")
+                     + " | ".join(_fmt_margin(entry["margins"].get(name)) for name, _ in MARGINS)
+                     + f" | {_fmt(p, 'weighted_consistency')} | {_fmt_margin(weighted.get('posthoc'))} | "
+                       f"{_fmt_margin(weighted.get('trained_top_k'))} |")
     return lines
 
 
@@ -371,7 +375,8 @@ def summary(jobs: List[dict], out: Path, header: str) -> dict:
                   f"Each design's most consistent point within 1 point of NCL's kNN and linear probe on h (NCL: kNN "
                   f"{_fmt(ref, 'knn_accuracy')}, consistency {_fmt(ref, 'semantic_consistency')}; target "
                   f"{target_consistency(ref):.3f}). Margins: the point's consistency minus the baseline front's at "
-                  f"the point's kNN, paired by seed (mean ± std, wins/n).", "",
+                  f"the point's kNN, paired by seed (mean ± std, wins/n); the weighted columns do the same in "
+                  f"activation-weighted consistency, against fronts drawn in it.", "",
                   *_selection_table(chosen, knob_keys), "",
                   f"Default (the candidate with the largest mean margin over all post-hoc cuts): "
                   f"**{default or 'none: no candidate design has a point within 1 point of NCL'}**."]
@@ -411,7 +416,8 @@ def final_summary(jobs: List[dict], out: Path, header: str, selection: dict) -> 
         own = {k: v for k, v in fronts.items() if p["design"] not in {c.split("+")[0] for g in v for c in g}}
         report[p["design"]] = {"point": p, "eligible": ref is not None and p["knn_accuracy"] >= ref["knn_accuracy"]
                                - 0.01 and p["linear_probe_backbone"] >= ref["linear_probe_backbone"] - 0.01,
-                               "margins": paired_margins(rows, point_key(p), own)}
+                               "margins": paired_margins(rows, point_key(p), own),
+                               "weighted_margins": paired_margins(rows, point_key(p), own, "weighted_consistency")}
     default = selection.get("default")
     lines = [header, "", "The points chosen on the validation split (`selection.json`), measured on the **test "
              "split**. Mean ± std over seeds; margins paired by seed at each design's own kNN (mean ± std, "

@@ -27,7 +27,7 @@ from guides.amortized import AmortizedGate
 from guides.base import GUIDES
 from pyro_ncl.budget import Budget, budget_from_prior, default_anneal_epochs
 
-SCALE_INIT = 0.05  # s: a distance of 0.05 from the threshold is one unit of logit
+SCALE_INIT = 0.05  # s: a difference of 0.05 in the normalised z is one unit of logit
 
 
 def kth_midpoint(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -38,14 +38,14 @@ def kth_midpoint(z: torch.Tensor, k: int) -> torch.Tensor:
     return 0.5 * (top[..., k - 1:k] + top[..., k:k + 1])
 
 
-@GUIDES.register("budget_st")
-class BudgetGate(AmortizedGate):
+class Budgeted:
+    """What the budgeted gates (``budget_st``, ``exact_k``) share, mixed into a ``GateGuide``: the budget k =
+    max(2, round(π·K)) of the prior with its curriculum (``pyro_ncl.budget.Budget``), a learned scale s > 0 of the
+    value term z / s, and a gate head whose last layer starts at 0 (so the gate starts from z alone)."""
 
-    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0, **kwargs):
-        super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
+    def init_budget(self, prior, feature_dim: int, anneal_epochs: float, name: str) -> None:
         if not hasattr(prior, "prior_prob"):
-            raise ValueError(f"--guide budget_st takes its budget from a Bernoulli prior's π, got "
-                             f"{type(prior).__name__}")
+            raise ValueError(f"--guide {name} takes its budget from a Bernoulli prior's π, got {type(prior).__name__}")
         self.budget = Budget(feature_dim, budget_from_prior(prior.prior_prob, feature_dim), anneal_epochs)
         self.raw_scale = nn.Parameter(torch.tensor(math.log(math.expm1(SCALE_INIT))))
         nn.init.zeros_(self.head[-1].weight)
@@ -58,6 +58,7 @@ class BudgetGate(AmortizedGate):
 
     @property
     def k(self) -> int:
+        """The budget at the end of the curriculum (and at test time)."""
         return self.budget.k
 
     def set_progress(self, epochs_done: float) -> None:
@@ -67,9 +68,21 @@ class BudgetGate(AmortizedGate):
         """[] s > 0."""
         return nn.functional.softplus(self.raw_scale)
 
+    def value_input(self, z: Optional[torch.Tensor]) -> torch.Tensor:
+        """normalised z [N, K] as the gate reads it: detached unless --gate-grad-to-backbone, in fp32."""
+        if z is None:
+            raise ValueError(f"the {type(self).__name__} gate reads z: call view_logits/probs/mode with h and z")
+        return (z.detach() if self.detach_features else z).to(self.raw_scale.dtype)
+
+
+@GUIDES.register("budget_st")
+class BudgetGate(Budgeted, AmortizedGate):
+
+    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0, **kwargs):
+        super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
+        self.init_budget(prior, feature_dim, anneal_epochs, "budget_st")
+
     def view_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [N, F], normalised z [N, K] → a [N, K] = (z − t_k(z)) / s + head(h), in fp32."""
-        if z is None:
-            raise ValueError("the budgeted gate reads z: call view_logits/probs/mode with h and z")
-        z = (z.detach() if self.detach_features else z).to(self.raw_scale.dtype)
+        z = self.value_input(z)
         return (z - kth_midpoint(z.detach(), self.budget.now(self.training))) / self.scale() + self.logits(h)

@@ -26,56 +26,29 @@ Test time: ``--test-gate mode`` gates with the posterior's mode, the k largest �
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
-import torch.nn as nn
 
 from guides.base import GUIDES, GateGuide
-from pyro_ncl.budget import Budget, budget_from_prior, default_anneal_epochs
+from guides.budget_gate import Budgeted
 from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
-
-SCALE_INIT = 0.05  # s: a difference of 0.05 between two entries of the normalised z is one unit of logit
 
 
 @GUIDES.register("exact_k")
-class ExactKGate(GateGuide):
+class ExactKGate(Budgeted, GateGuide):
     factorised_prior_only = True  # the closed-form KL is that of a product of Bernoulli(ρ_d)
 
     def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0, **kwargs):
         super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
-        if not getattr(prior, "factorised", True) or not hasattr(prior, "prior_prob"):
+        if not getattr(prior, "factorised", True):
             raise ValueError(f"--guide exact_k needs a factorised Bernoulli prior (bernoulli or beta_bernoulli), "
                              f"got {type(prior).__name__}")
-        self.budget = Budget(feature_dim, budget_from_prior(prior.prior_prob, feature_dim), anneal_epochs)
-        self.raw_scale = nn.Parameter(torch.tensor(math.log(math.expm1(SCALE_INIT))))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
-
-    @classmethod
-    def options(cls, config) -> dict:
-        anneal = config.budget_anneal_epochs
-        return {"anneal_epochs": anneal if anneal is not None else default_anneal_epochs(config.epochs)}
-
-    @property
-    def k(self) -> int:
-        """The budget at the end of the curriculum (and at test time)."""
-        return self.budget.k
-
-    def set_progress(self, epochs_done: float) -> None:
-        self.budget.set_progress(epochs_done)
-
-    def scale(self) -> torch.Tensor:
-        """[] s > 0."""
-        return nn.functional.softplus(self.raw_scale)
+        self.init_budget(prior, feature_dim, anneal_epochs, "exact_k")
 
     def view_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [N, F], normalised z [N, K] → θ [N, K] = z / s + head(h), in fp32."""
-        if z is None:
-            raise ValueError("the exact-k gate reads z: call view_logits/probs/mode with h and z")
-        z = (z.detach() if self.detach_features else z).to(self.raw_scale.dtype)
-        return z / self.scale() + self.logits(h)
+        return self.value_input(z) / self.scale() + self.logits(h)
 
     def posterior(self, logits: torch.Tensor) -> ConditionalBernoulli:
         """[..., K] θ → the exactly-k posterior (k_t in training, k in evaluation mode), event shape [K]."""

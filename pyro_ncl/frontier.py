@@ -165,28 +165,33 @@ def summarise(rows: List[dict]) -> List[dict]:
     return out
 
 
-def _finite(p: dict) -> bool:
-    return math.isfinite(p["knn_accuracy"]) and math.isfinite(p["semantic_consistency"])
+CONSISTENCY = "semantic_consistency"
 
 
-def _dominated(p: dict, others: List[dict]) -> bool:
-    if not _finite(p):
+def _finite(p: dict, metric: str = CONSISTENCY) -> bool:
+    value = p.get(metric)
+    return math.isfinite(p["knn_accuracy"]) and value is not None and math.isfinite(value)
+
+
+def _dominated(p: dict, others: List[dict], metric: str = CONSISTENCY) -> bool:
+    if not _finite(p, metric):
         return True
-    x, y = p["knn_accuracy"], p["semantic_consistency"]
-    return any(o is not p and _finite(o) and o["knn_accuracy"] >= x and o["semantic_consistency"] >= y
-               and (o["knn_accuracy"] > x or o["semantic_consistency"] > y) for o in others)
+    x, y = p["knn_accuracy"], p[metric]
+    return any(o is not p and _finite(o, metric) and o["knn_accuracy"] >= x and o[metric] >= y
+               and (o["knn_accuracy"] > x or o[metric] > y) for o in others)
 
 
-def baseline_at(points: List[dict], curves: Sequence[str], knn: float) -> Optional[float]:
-    """The consistency a baseline reaches at kNN accuracy ``knn``: the Pareto front of the points (or one seed's
-    rows, each with a ``curve``) of ``curves`` in (kNN, consistency), linearly interpolated in kNN; beyond its most
-    accurate point, that point's consistency; below its least accurate point, that point's (the front's highest)
-    consistency. None without points."""
-    members = [p for p in points if p["curve"] in curves and _finite(p)]
-    front = sorted((p for p in members if not _dominated(p, members)), key=lambda p: p["knn_accuracy"])
+def baseline_at(points: List[dict], curves: Sequence[str], knn: float, metric: str = CONSISTENCY
+                ) -> Optional[float]:
+    """The consistency (``metric``: count-based, or ``weighted_consistency``) a baseline reaches at kNN accuracy
+    ``knn``: the Pareto front of the points (or one seed's rows, each with a ``curve``) of ``curves`` in (kNN,
+    metric), linearly interpolated in kNN; beyond its most accurate point, that point's value; below its least
+    accurate point, that point's (the front's highest) value. None without points."""
+    members = [p for p in points if p["curve"] in curves and _finite(p, metric)]
+    front = sorted((p for p in members if not _dominated(p, members, metric)), key=lambda p: p["knn_accuracy"])
     if not front:
         return None
-    xs, ys = [p["knn_accuracy"] for p in front], [p["semantic_consistency"] for p in front]
+    xs, ys = [p["knn_accuracy"] for p in front], [p[metric] for p in front]
     if knn <= xs[0]:
         return ys[0]
     if knn >= xs[-1]:
@@ -209,26 +214,27 @@ def baselines(reference: str = "ncl", trained: str = "ncl_topk") -> Dict[str, Fr
             "posthoc": (threshold, top, (reference, f"{reference}+rate-cap")), "trained_top_k": ((trained,),)}
 
 
-def front_level(rows: List[dict], front: Front, knn: float) -> Optional[float]:
+def front_level(rows: List[dict], front: Front, knn: float, metric: str = CONSISTENCY) -> Optional[float]:
     """The best of the groups' fronts (``baseline_at``) at ``knn``; None when no group has points."""
-    levels = [v for v in (baseline_at(rows, group, knn) for group in front) if v is not None]
+    levels = [v for v in (baseline_at(rows, group, knn, metric) for group in front) if v is not None]
     return max(levels) if levels else None
 
 
-def paired_margins(rows: List[dict], key: tuple, fronts: Dict[str, Front]) -> Dict[str, dict]:
+def paired_margins(rows: List[dict], key: tuple, fronts: Dict[str, Front], metric: str = CONSISTENCY
+                   ) -> Dict[str, dict]:
     """For the point ``key`` (design, knob, variant, param) and each baseline front (name → groups of curves):
-    per seed s where both exist, the point's consistency minus the front of seed s read at the point's kNN of
-    seed s. Returns name → {"seeds", "margins", "mean", "std", "n", "wins"} (wins: margins > 0)."""
-    mine = {r["seed"]: r for r in rows if point_key(r) == key and _finite(r)}
+    per seed s where both exist, the point's consistency (``metric``) minus the front of seed s read at the
+    point's kNN of seed s. Returns name → {"seeds", "margins", "mean", "std", "n", "wins"} (wins: margins > 0)."""
+    mine = {r["seed"]: r for r in rows if point_key(r) == key and _finite(r, metric)}
     out = {}
     for name, front in fronts.items():
         seeds, margins = [], []
         for seed, row in sorted(mine.items()):
             same_seed = [dict(r, curve=curve_name(r["design"], r["variant"])) for r in rows if r["seed"] == seed]
-            level = front_level(same_seed, front, row["knn_accuracy"])
+            level = front_level(same_seed, front, row["knn_accuracy"], metric)
             if level is not None:
                 seeds.append(seed)
-                margins.append(row["semantic_consistency"] - level)
+                margins.append(row[metric] - level)
         mean, std, n = mean_std(margins)
         out[name] = {"seeds": seeds, "margins": margins, "mean": mean, "std": std, "n": n,
                      "wins": sum(m > 0 for m in margins)}
@@ -246,8 +252,9 @@ def select(rows: List[dict], points: List[dict], reference: str = "ncl", trained
            tolerance: float = 0.01) -> Dict[str, dict]:
     """Each design's chosen point (made on the validation split): the most consistent of its points within
     ``tolerance`` of the reference's kNN and linear probe on h, with its paired margins over the baseline fronts
-    (``paired_margins``); a design without such a point gets its most accurate point, marked ``eligible: False``.
-    Returns design → {"point", "eligible", "margins"}; empty without the reference."""
+    (``paired_margins``, in count-based and in activation-weighted consistency); a design without such a point gets
+    its most accurate point, marked ``eligible: False``. Returns design → {"point", "eligible", "margins",
+    "weighted_margins"}; empty without the reference."""
     ref = next((p for p in points if p["curve"] == reference), None)
     if ref is None:
         return {}
@@ -264,7 +271,8 @@ def select(rows: List[dict], points: List[dict], reference: str = "ncl", trained
         best = max(pool, key=lambda p: p["semantic_consistency"] if ok else p["knn_accuracy"])
         own = {name: front for name, front in fronts.items() if design not in
                {c.split("+")[0] for group in front for c in group}}
-        out[design] = {"point": best, "eligible": ok, "margins": paired_margins(rows, point_key(best), own)}
+        out[design] = {"point": best, "eligible": ok, "margins": paired_margins(rows, point_key(best), own),
+                       "weighted_margins": paired_margins(rows, point_key(best), own, "weighted_consistency")}
     return out
 
 

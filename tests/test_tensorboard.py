@@ -233,14 +233,15 @@ def test_sweep_points_and_references_form_one_tensorboard_logdir(tiny_run, tmp_p
     """A sweep whose point is already done (copied): its folder is a TensorBoard run of --out, the reference is
     linked under references/."""
     out = tmp_path / "sweep"
-    shutil.copytree(tiny_run("bayesncl"), out / "prior_prob=0.8")
+    point = f"prior_prob={Config().prior_prob}"  # the copied run's (the default's) π
+    shutil.copytree(tiny_run("bayesncl"), out / point)
     reference = tiny_run("ncl")
     sweep = script("sweep")
-    sweep.main(argparse.Namespace(out=str(out), grid=["prior_prob=0.8"], reference=[str(reference)],
+    sweep.main(argparse.Namespace(out=str(out), grid=[point], reference=[str(reference)],
                                   run_args=[*TINY_RUN_FLAGS, "--method", "bayesncl"]))  # the copied run's settings
     printed = capsys.readouterr().out
-    assert "prior_prob=0.8: ok done before" in printed  # reused, not trained again
+    assert f"{point}: ok done before" in printed  # reused, not trained again
     assert f"tensorboard --logdir {out}" in printed
     linked = events(out / "references" / "ncl").Scalars("train/loss")
     assert [e.value for e in linked] == [e.value for e in events(reference).Scalars("train/loss")]
-    assert events(out / "prior_prob=0.8").Scalars("train/loss")
+    assert events(out / point).Scalars("train/loss")

@@ -253,7 +253,8 @@ def select(rows: List[dict], points: List[dict], reference: str = "ncl", trained
     """Each design's chosen point (made on the validation split): the most consistent of its points within
     ``tolerance`` of the reference's kNN and linear probe on h, with its paired margins over the baseline fronts
     (``paired_margins``, in count-based and in activation-weighted consistency); a design without such a point gets
-    its most accurate point, marked ``eligible: False``. Returns design → {"point", "eligible", "margins",
+    its most accurate point, marked ``eligible: False``. Only points measured on every seed of the reference are
+    chosen. Returns design → {"point", "eligible", "margins",
     "weighted_margins"}; empty without the reference."""
     ref = next((p for p in points if p["curve"] == reference), None)
     if ref is None:
@@ -263,9 +264,11 @@ def select(rows: List[dict], points: List[dict], reference: str = "ncl", trained
     for design in dict.fromkeys(p["design"] for p in points):
         if design == reference:
             continue
-        candidates = eligible(points, design, ref, tolerance)
+        # only points measured on every seed the reference has (a pilot point of one seed is reported, not chosen)
+        complete = [p for p in points if p["design"] != design or set(ref["seeds"]) <= set(p["seeds"])]
+        candidates = eligible(complete, design, ref, tolerance)
         ok = bool(candidates)
-        pool = candidates or [p for p in points if p["design"] == design and _finite(p)]
+        pool = candidates or [p for p in complete if p["design"] == design and _finite(p)]
         if not pool:
             continue
         best = max(pool, key=lambda p: p["semantic_consistency"] if ok else p["knn_accuracy"])

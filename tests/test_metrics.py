@@ -98,6 +98,24 @@ def test_semantic_consistency_matches_loop():
     assert M.semantic_consistency(F, y, 4) == pytest.approx(ref_consistency(F, y, 4), abs=1e-6)
 
 
+def test_weighted_consistency_by_hand_and_by_loop():
+    """Σ_d max_c A_cd / Σ A: per dimension the majority class's share of its activation mass, weighted by the mass;
+    a dimension active on a single image with a tiny value counts for little (it counts 1.0 by count)."""
+    F = torch.tensor([[1.0, 0.0, 0.01], [1.0, 0.5, 0.0], [0.0, 0.5, 0.0], [2.0, 0.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1])
+    # dim 0: class 0 holds 2.0, class 1 2.0 → 2.0; dim 1: 0.5 and 0.5 → 0.5; dim 2: 0.01 (class 0 only)
+    assert M.weighted_consistency(F, y, 2) == pytest.approx((2.0 + 0.5 + 0.01) / (4.0 + 1.0 + 0.01), abs=1e-12)
+    assert M.semantic_consistency(F, y, 2) == pytest.approx((2 / 3 + 1 / 2 + 1.0) / 3, abs=1e-12)
+    F, y = sparse_features()
+    A = np.zeros((4, F.shape[1]))
+    for i in range(F.shape[0]):
+        for d in range(F.shape[1]):
+            if abs(float(F[i, d])) > M.EPS:
+                A[int(y[i]), d] += abs(float(F[i, d]))
+    assert M.weighted_consistency(F, y, 4) == pytest.approx(A.max(0).sum() / A.sum(), abs=1e-6)
+    assert math.isnan(M.weighted_consistency(torch.zeros(3, 2), torch.tensor([0, 1, 0]), 2))
+
+
 def test_semantic_entropies_match_loop():
     F, y = sparse_features()
     stats = ref_stats(F, y, 4)

@@ -28,7 +28,7 @@ from typing import Any, Optional, Tuple
 
 import pyro
 
-from pyro_ncl import backends
+from pyro_ncl import backends, distributed
 from pyro_ncl.checkpoint import load_latest
 from pyro_ncl.config import FIELD_NAMES, Config, config_from_run, dataset_options, save_config
 from pyro_ncl.data import load_dataset
@@ -55,6 +55,7 @@ def run(config: Optional[Config] = None, **changes: Any) -> Run:
     config = settings(_with_changes(config, changes))
     with pyro.validation_enabled(False), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Encountered NaN")  # reported by NonFiniteLoss, with the term
+        warnings.showwarning = _one_line_warning
         with Runtime(config) as rt:
             config = backends.configure(config, rt.device)  # cuDNN/TF32, auto --gpu-augment (in config.json)
             config, data = open_data(config)
@@ -72,6 +73,13 @@ def run(config: Optional[Config] = None, **changes: Any) -> Run:
                 summary = train(system, data, config, out, rt.device, resume=state, should_stop=rt.stop_requested)
             metrics = finish(rt, system, data, config, out, summary)
     return Run(out, config, system.eval(), rt.device, _data=data, metrics=metrics)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning during a run as one line on stderr, ``warning: ...`` (rank 0), without the source line."""
+    if distributed.is_main():
+        text = str(message).splitlines()[0] if str(message) else category.__name__
+        print(f"warning: {text}", file=file or sys.stderr)
 
 
 def _with_changes(config: Optional[Config], changes: dict) -> Config:

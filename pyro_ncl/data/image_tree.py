@@ -55,6 +55,8 @@ DEFAULT_SIZE = 32
 SMALL_UP_TO = 96  # sizes up to this use the small-image recipe (CIFAR, STL-10), larger ones the ImageNet recipe
 STATS_IMAGES = 1000  # training images the normalisation statistics are computed from (a fixed spread)
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+PLURALS = {"unreadable image": "unreadable images", "empty class folder": "empty class folders",
+           "image of a class train/ lacks": "images of classes train/ lacks", "symlink loop": "symlink loops"}
 LAYOUT = "expected DIR/train/CLASS/*.png|jpg|… and DIR/test/CLASS/… (or DIR/val/CLASS/…)"
 
 
@@ -76,7 +78,7 @@ class Problems:
 
     def warn(self) -> None:
         if self.counts:
-            what = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in self.counts.items())
+            what = ", ".join(f"{n} {kind if n == 1 else PLURALS[kind]}" for kind, n in self.counts.items())
             warnings.warn(f"{NAME}: skipped {what} (first: {self.first})", stacklevel=3)
 
 

@@ -62,8 +62,11 @@ class Run:
     def data(self) -> DataBundle:
         if self._data is None:
             options = {k: v for k, v in dataset_options(self.config).items() if k != "download"}
+            subset = self.config.subset
+            if options.pop("unlabelled_root", None):  # the pre-training pool: not what the evaluation reads
+                subset = None  # (--subset chose among the pool; the labelled images are all evaluated)
             self._data = load_dataset(self.config.dataset, self.data_root or self.config.data_root,
-                                      subset=self.config.subset, **options)
+                                      subset=subset, **options)
         return self._data
 
     @property

@@ -166,3 +166,20 @@ def test_a_bad_folder_through_the_command_line_is_one_line(tree, tmp_path, capsy
         extract_py.main(Namespace(run_dir=str(tmp_path), images=str(root / "train" / "empty"), split=None,
                                   out=str(tmp_path / "x.npz"), overwrite=False, device="cpu", batch_size=None,
                                   data_root=None, skip_bad_images=False, quiet=True))
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="Fashion-MNIST not installed")
+def test_files_through_an_in_memory_run_match_its_split_features(tiny_run, tmp_path):
+    """A Fashion-MNIST run (images held in memory): its test images written as PNG files and read back by
+    ``extract.py --images`` give the features of ``--split test``."""
+    from PIL import Image
+
+    from pyro_ncl.features import file_features, split_features
+    run = load_run(tiny_run("bayesncl"))
+    for i in range(6):
+        Image.fromarray(run.data.test.images[i, 0].numpy()).save(tmp_path / f"{i}.png")
+    files = file_features(run, sorted(tmp_path.glob("*.png")), root=tmp_path)
+    split = split_features(run, "test")
+    assert files["names"].tolist() == [f"{i}.png" for i in range(6)] and "names" not in split
+    for key in ("h", "z", "features", "gate", "probs"):
+        assert np.allclose(files[key], split[key][:6], atol=1e-5), key

@@ -1,4 +1,6 @@
-"""Atomic checkpoints (temporary file, flush, fsync, rename) and safe loading (``weights_only=True``)."""
+"""Atomic checkpoints (temporary file, flush, fsync, rename) and safe loading (``weights_only=True``: tensors and
+plain containers only; a checkpoint that would run code is refused in one line, torch's own warnings about it
+silenced)."""
 from __future__ import annotations
 
 import errno
@@ -6,6 +8,7 @@ import os
 import random
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -90,9 +93,17 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return _torch_load(path, map_location=map_location)
     except Exception as err:  # unpickling refused, truncated zip, corrupt bytes
         raise CheckpointError(f"refusing checkpoint {path}: {_load_failure(err)}") from None
+
+
+def _torch_load(path: Path, **kwargs) -> Any:
+    """``torch.load(path, weights_only=True, **kwargs)`` without torch's warnings (e.g. "Detected pickle protocol 4
+    in the checkpoint" before a refusal), so that a refused file is one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, weights_only=True, **kwargs)
 
 
 def _load_failure(err: BaseException) -> str:
@@ -226,7 +237,7 @@ def _loads(path: Path) -> bool:
     if not Path(path).is_file():
         return False
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        _torch_load(path, map_location="cpu", mmap=True)
     except Exception:
         return False
     return True

@@ -59,11 +59,26 @@ class Config:
     num_workers: Optional[int] = _opt("data-loader worker processes of the folder datasets (imagenet100); auto: on "
                                       "CUDA this process's share of the visible cores less one (at least 1, at "
                                       "most 16), on the CPU 0", default=None, shown="auto", ge=0)
-    image_size: Optional[int] = _opt("imagenet100: crop size in px (evaluation resizes to size·256/224)", default=None,
-                                     ge=8)
+    image_size: Optional[int] = _opt("imagenet100 and folder: crop size in px (imagenet100: 224; folder: 32, the "
+                                     "small-image recipe up to 96 px, the ImageNet one above; evaluation resizes to "
+                                     "size·256/224 with the ImageNet recipe)", default=None, ge=8)
     download: bool = _opt("cifar10/cifar100/stl10: download into --data-root first (only when asked)", default=False,
                           preset=False)
-    skip_bad_images: bool = _opt("file datasets: skip and count unreadable images instead of stopping", default=False)
+    skip_bad_images: bool = _opt("file datasets: skip and count unreadable images (folder: also empty class folders, "
+                                 "images of classes train/ lacks, symlink loops) instead of stopping", default=False)
+    unlabelled_root: Optional[str] = _opt("folder: pre-train on the images under this folder (nested or not, no "
+                                          "labels) and evaluate on --data-root's labelled tree", default=None,
+                                          preset=False)
+    channels: Optional[int] = _opt("folder: channels the images are converted to, 1 (grayscale) or 3 (RGB); auto: 1 "
+                                   "when the sampled training images are all grayscale, else 3 (recorded in "
+                                   "config.json)", default=None, shown="auto", choices=(1, 3))
+    image_mean: Optional[str] = _opt("folder: per-channel mean of the normalisation, comma-separated (auto: computed "
+                                     "from up to 1,000 training images and recorded in config.json)", default=None,
+                                     shown="auto", pattern=(r"[0-9.]+(,[0-9.]+)*", "comma-separated numbers, e.g. "
+                                                            "0.5,0.5,0.5"))
+    image_std: Optional[str] = _opt("folder: per-channel standard deviation of the normalisation, comma-separated "
+                                    "(auto: computed with --image-mean)", default=None, shown="auto",
+                                    pattern=(r"[0-9.]+(,[0-9.]+)*", "comma-separated numbers, e.g. 0.25,0.25,0.25"))
     gpu_augment: Optional[bool] = _opt("imagenet100: crop and flip in the loader workers (uint8 views), colour "
                                        "jitter (no hue term), grayscale, blur and normalisation in batches on the "
                                        "training device; auto: on with CUDA, off on the CPU (where the workers do "
@@ -252,7 +267,8 @@ def check_setting(name: str, value: Any, source: Optional[str] = None) -> Any:
         noun, names = _choices(name, meta["choices"])
         noun = meta.get("noun", noun)
         if value not in names:
-            raise ValueError(f"{label}: unknown {noun} {value!r}; expected one of: {', '.join(names)}{why}")
+            raise ValueError(f"{label}: unknown {noun} {value!r}; expected one of: {', '.join(map(str, names))}"
+                             f"{why}")
     if "pattern" in meta and not re.fullmatch(meta["pattern"][0], value):
         raise ValueError(f"{label} must be {meta['pattern'][1]}, got {value!r}")
     return value
@@ -316,10 +332,10 @@ def check_amp(amp: str) -> None:
 
 
 DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation", "val_size",
-                   "background_strength", "item_contrast")
+                   "background_strength", "item_contrast", "unlabelled_root", "channels", "image_mean", "image_std")
 # settings that change neither what a run learns nor how it is scored: where and how it runs, logs and saves
-BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "download", "num_workers", "log_every",
-               "checkpoint_every", "eval_batch_size", "channels_last", "compile", "deterministic", "quiet",
+BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "unlabelled_root", "download", "num_workers",
+               "log_every", "checkpoint_every", "eval_batch_size", "channels_last", "compile", "deterministic", "quiet",
                "tensorboard")
 
 
@@ -421,7 +437,7 @@ def build_parser(choices: Optional[Dict[str, list]] = None, description: str = "
         help_text = f.metadata["help"]
         names = choices.get(f.name) or (_choices(f.name, f.metadata["choices"])[1] if "choices" in f.metadata else None)
         if names:
-            help_text += f"; one of: {', '.join(names)}"
+            help_text += f"; one of: {', '.join(map(str, names))}"
         help_text += f" (default: {f.metadata.get('shown', f.default)})"
         if f.type in ("bool", bool, "Optional[bool]"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)

@@ -8,7 +8,7 @@ augmentation, and scored on the test split.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -37,9 +37,9 @@ def eval_mode(system: ContrastiveSystem) -> Iterator[ContrastiveSystem]:
 
 
 def extract(system: ContrastiveSystem, data: DataBundle, split: str, batch_size: int, device,
-            limit: Optional[int] = None) -> Dict[str, torch.Tensor]:
+            limit: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
     """Concatenated ``system.features`` of a split (plus labels ``y``), on the CPU; the first ``limit`` images
-    only when given."""
+    only when given. ``progress(n)`` after each batch of n images."""
     parts: Dict[str, list] = {}
     with eval_mode(system):
         seen = 0
@@ -49,6 +49,8 @@ def extract(system: ContrastiveSystem, data: DataBundle, split: str, batch_size:
             seen += len(y)
             out = system.features(x)
             out["y"] = y
+            if progress is not None:
+                progress(len(y))
             for key, value in out.items():
                 parts.setdefault(key, []).append(value.cpu())
     return {key: torch.cat(values)[:limit] for key, values in parts.items()}

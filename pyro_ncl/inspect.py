@@ -2,6 +2,8 @@
 
     run = load_run("runs/bayesncl")                 # config.json + checkpoint.pt, network in eval mode
     x, y = load_images(run, "test", 16)             # [16, C, H, W] normalised images, [16] labels
+    run.encode(x)                                   # {h, z, features (, gate, probs, ...)}: system.features, batched
+    run.read_images(["a.png", "b.jpg"])             # files → [2, C, H, W] normalised as the run's evaluation does
     gate_probabilities(run, x)                      # [16, K] q(m_d = 1 | x), the guide's own (guide.probs)
     sample_gates(run, x, 100)                       # [100, 16, K] masks drawn by the guide (guide.sample_masks)
     posterior_entropy(run, x)                       # [K] mean entropy of each gate's marginal (nats): which are uncertain
@@ -29,6 +31,7 @@ from pyro_ncl.evaluation import eval_mode, extract
 from pyro_ncl.likelihoods import LIKELIHOODS
 from pyro_ncl.metrics import class_activation_counts
 from pyro_ncl.ops import safe_normalize
+from pyro_ncl.run_folder import read_metrics
 from pyro_ncl.system import ContrastiveSystem, build_system
 
 __all__ = ["Run", "load_run", "load_images", "extract_split", "gate_probabilities", "sample_gates",
@@ -38,8 +41,9 @@ __all__ = ["Run", "load_run", "load_images", "extract_split", "gate_probabilitie
 
 @dataclass
 class Run:
-    """A reloaded run: its folder, resolved ``config``, ``system`` (eval mode) on ``device``; ``data`` loads the
-    dataset on first use (``data_root`` overrides the folder saved in the config)."""
+    """A reloaded (or just trained: ``pyro_ncl.run``) run: its folder, resolved ``config``, ``system`` (eval mode)
+    on ``device``, ``metrics`` (metrics.json; {} before evaluation); ``data`` loads the dataset on first use
+    (``data_root`` overrides the folder saved in the config)."""
 
     path: Path
     config: Config
@@ -47,6 +51,7 @@ class Run:
     device: torch.device
     data_root: Optional[str] = None
     _data: Optional[DataBundle] = field(default=None, repr=False)
+    metrics: Dict[str, float] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         c = self.config
@@ -57,13 +62,36 @@ class Run:
     def data(self) -> DataBundle:
         if self._data is None:
             options = {k: v for k, v in dataset_options(self.config).items() if k != "download"}
+            subset = self.config.subset
+            if options.pop("unlabelled_root", None):  # the pre-training pool: not what the evaluation reads
+                subset = None  # (--subset chose among the pool; the labelled images are all evaluated)
             self._data = load_dataset(self.config.dataset, self.data_root or self.config.data_root,
-                                      subset=self.config.subset, **options)
+                                      subset=subset, **options)
         return self._data
 
     @property
     def gated(self) -> bool:
         return self.system.gated
+
+    def encode(self, x: torch.Tensor, batch_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Normalised images x [N, C, H, W] (or one [C, H, W]) → ``system.features`` on the CPU, computed batch by
+        batch on the run's device in eval mode: h [N, F], z [N, K], features [N, K] (what the evaluation scores),
+        and for gated methods gate [N, K] (the test-time mask), probs [N, K] and what else the system reports."""
+        parts: Dict[str, list] = {}
+        with eval_mode(self.system) as system:
+            for xb in _batches(x, batch_size or self.config.eval_batch_size):
+                for key, value in system.features(xb.to(self.device)).items():
+                    parts.setdefault(key, []).append(value.cpu())
+        return {key: torch.cat(values) for key, values in parts.items()}
+
+    def read_images(self, paths) -> torch.Tensor:
+        """Image files → [N, C, S, S] as this run's evaluation sees its own images: decoded, converted to its
+        channels, resized and centre-cropped to its size, normalised with its statistics (``DataBundle.eval_image``
+        and ``eval_normalise``; opens the run's dataset for them)."""
+        paths = [str(p) for p in paths]
+        if not paths:
+            raise ValueError("read_images needs at least one image file")
+        return self.data.eval_normalise(torch.stack([self.data.eval_image(p) for p in paths]))
 
 
 def load_run(run_dir, device="cpu", data_root: Optional[str] = None) -> Run:
@@ -86,6 +114,8 @@ def load_run(run_dir, device="cpu", data_root: Optional[str] = None) -> Run:
         raise CheckpointError(f"{run_dir / 'checkpoint.pt'} does not fit its config.json: "
                               f"{str(err).splitlines()[0]}") from None
     run.system = system.eval()
+    if (run_dir / "metrics.json").is_file():
+        run.metrics = read_metrics(run_dir / "metrics.json")
     return run
 
 

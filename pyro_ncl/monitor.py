@@ -23,12 +23,11 @@ MONITOR_IMAGES = 512
 def monitor_images(data: DataBundle, n: int, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """x [n', C, H, W] (normalised as for evaluation), y [n'] on the CPU; n' = min(n, training images)."""
     if hasattr(data, "train_samples") and hasattr(data, "eval_transform"):  # a file dataset (pyro_ncl.data.folder)
-        from pyro_ncl.data.folder import load_rgb, spread_subset
+        from pyro_ncl.data.folder import spread_subset
 
         samples = spread_subset(data.train_samples, n)
-        x = torch.stack([data.eval_transform(load_rgb(path)) for path, _ in samples])
-        if data.device_normalize is not None:  # uint8 from eval_transform, finished as the evaluation batches are
-            x = data.device_normalize(x)
+        x = torch.stack([data.eval_image(path) for path, _ in samples])
+        x = data.eval_normalise(x)  # uint8 from eval_transform, finished as the evaluation batches are
         return x, torch.tensor([label for _, label in samples])
     xs, ys, have = [], [], 0
     for x, y in data.eval_batches("train", batch_size, "cpu"):

@@ -78,18 +78,26 @@ def test_cifar_missing_and_bad_files(tmp_path):
         DATASETS["cifar10"](root=str(tmp_path), hue=0.1)
 
 
-def test_cifar_download_calls_torchvision(tmp_path, monkeypatch):
+def test_cifar_download_fetches_the_archive_without_unpickling_it(tmp_path, monkeypatch):
+    """--download fetches and unpacks torchvision's archive (checksum checked) and never instantiates torchvision's
+    dataset class, whose constructor would ``pickle.load`` the batches: only the safe unpickler reads them."""
     import torchvision.datasets as tvd
+    import torchvision.datasets.utils as tvu
     calls = []
 
-    class FakeCIFAR10:
-        def __init__(self, root, train, download):
-            calls.append((root, train, download))
-            write_cifar10(Path(root))
+    def fake_download(url, root, filename=None, md5=None):
+        calls.append((url, root, filename, md5))
+        write_cifar10(Path(root))
 
-    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
+    class Refused:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("torchvision's CIFAR10 would unpickle the batches")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(tvd, "CIFAR10", type("CIFAR10", (Refused,), {
+        "url": tvd.CIFAR10.url, "filename": tvd.CIFAR10.filename, "tgz_md5": tvd.CIFAR10.tgz_md5}))
     assert DATASETS["cifar10"](root=str(tmp_path), download=True).num_train == 20
-    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)]
+    assert calls == [(tvd.CIFAR10.url, str(tmp_path), "cifar-10-python.tar.gz", tvd.CIFAR10.tgz_md5)]
 
 
 def write_stl(root: Path, train: int = 6, test: int = 4, unlabeled: int = 10) -> Path:

@@ -210,9 +210,10 @@ def test_hostile_input_is_refused_in_one_line_and_nothing_changes(argv, expected
     def record(*args, **kwargs):
         opened.append(args)
         return load_dataset(*args, **kwargs)
-    load_dataset = run_svi.load_dataset
-    monkeypatch.setattr(run_svi, "train", no_training)
-    monkeypatch.setattr(run_svi, "load_dataset", record)
+    from pyro_ncl import experiment  # the run's lifecycle, which run_svi.py fronts
+    load_dataset = experiment.load_dataset
+    monkeypatch.setattr(experiment, "train", no_training)
+    monkeypatch.setattr(experiment, "load_dataset", record)
     capsys.readouterr()
     try:
         code = run_svi.cli(argv)

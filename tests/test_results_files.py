@@ -40,9 +40,10 @@ def test_metrics_hold_null_for_nan_and_read_back_as_nan(tmp_path):
 
 
 def test_run_svi_writes_strict_json_when_a_metric_is_nan(tmp_path, fake_mnist, monkeypatch):
+    from pyro_ncl import experiment  # the run's lifecycle, which run_svi.py fronts
     run_svi = script("run_svi")
-    monkeypatch.setattr(run_svi, "evaluate", lambda *a, **k: {"knn_accuracy": float("nan"), "sparsity": 0.25})
-    monkeypatch.setattr(run_svi, "plot_loss_curve", lambda *a: None)
+    monkeypatch.setattr(experiment, "evaluate", lambda *a, **k: {"knn_accuracy": float("nan"), "sparsity": 0.25})
+    monkeypatch.setattr(experiment, "plot_loss_curve", lambda *a: None)
     data = fake_mnist(tmp_path / "data", train=32, test=8)
     out = tmp_path / "run"
     assert run_svi.cli(["--dataset", "mnist", "--data-root", str(data), "--epochs", "1", "--batch-size", "16",

@@ -9,7 +9,12 @@ A dataset factory ``DATASETS[name](root=None, subset=None, **options)`` returns 
     ``eval_batches(split, batch_size, device)`` → iterator of (x, y), split "train", "val" (when a validation
         split is carved, ``val_size``) or "test", no augmentation;
     ``eval_split``: the split the end-of-run evaluation scores: "val" when there is a validation split (the test
-        split is then left unread), else "test".
+        split is then left unread), else "test";
+    ``eval_image(path)`` → one image file as an evaluation batch holds it before ``eval_normalise(x)`` (images
+        that are not part of the dataset, e.g. for feature extraction);
+    ``resolved_options``: settings the dataset resolved from its files ("auto" ones, e.g. the normalisation
+        statistics of a folder of images), recorded in the run's config.json so that a resumed or reloaded run
+        reads the data exactly as it was trained on.
 
 Validation (``val_size`` V, the in-memory datasets): the last V images of the training set are held out as the
 "val" split; training (and ``subset``, which counts within the rest) uses the images before them, so a run with
@@ -25,7 +30,7 @@ import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -175,6 +180,24 @@ class DataBundle:
     image_size: int
     num_train: int
     val = None  # the validation split (ImageTensors) when one is carved
+    resolved_options: Dict[str, Any] = {}  # read only; a dataset that resolves settings sets its own
+
+    @property
+    def num_eval_train(self) -> int:
+        """Labelled training images the evaluation uses (kNN neighbours, probe fit)."""
+        return self.num_train
+
+    def eval_image(self, path: str) -> torch.Tensor:
+        """An image file as this dataset's evaluation batches hold it, before ``eval_normalise``: decoded, converted
+        to ``in_channels``, resized (shorter side) to ``image_size`` and centre-cropped: uint8 [C, S, S]."""
+        import torchvision.transforms.v2 as T
+        from pyro_ncl.data.folder import load_image
+        resize = T.Compose([T.Resize(self.image_size, antialias=True), T.CenterCrop(self.image_size), T.ToImage()])
+        return resize(load_image(path, "L" if self.in_channels == 1 else "RGB"))
+
+    def eval_normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch from ``eval_image`` [B, C, S, S] → normalised as the network sees it."""
+        raise NotImplementedError
 
     @property
     def eval_split(self) -> str:
@@ -249,6 +272,9 @@ class InMemoryData(DataBundle):
             params = draw(2, batch_size, step_generator(seed, epoch, step), device, rows)  # both views, one copy
             x1, x2 = (self._normalise(self.augment(x, params=p)) for p in params)
             yield x1, x2, labels, to_device(index, device)
+
+    def eval_normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalise(x)
 
     def eval_batches(self, split, batch_size, device):
         if split not in ("train", "val", "test"):

@@ -4,13 +4,14 @@
 ``cifar-100-python/{train, test}``: pickled dicts with ``data`` uint8 [N, 3072] (the R, G, B planes of a 32×32
 image, each row-major) and ``labels`` / ``fine_labels``. ``root`` may also be that folder itself.
 
-Options: ``download`` (False: fetch with torchvision first), ``num_workers`` (ignored: views are made on the device).
+Options: ``download`` (False: fetch torchvision's archive first), ``num_workers`` (ignored: views are made on the
+device). The batches are read by ``pyro_ncl.safe_unpickle`` (dicts, lists, strings, bytes, numbers and numpy arrays
+only): a crafted batch that would run code is refused by name, without running it.
 Views: the authors' 32 px recipe (random resized crop scale 0.08–1, flip, colour jitter 0.4 with p 0.8, grayscale
 0.2) through ``BatchAugment`` (no hue jitter).
 """
 from __future__ import annotations
 
-import pickle
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,7 @@ import torch
 from pyro_ncl.data.augment import BatchAugment
 from pyro_ncl.data.base import DATASETS, ImageTensors, InMemoryData, check_num_workers, error_reason, reject_options
 from pyro_ncl.data.base import torchvision_folder
+from pyro_ncl.safe_unpickle import load_data_pickle
 
 DEFAULT_ROOT = "data"
 SPECS = {  # name: (folder, train files, test files, label key, classes, mean, std, torchvision class)
@@ -38,12 +40,11 @@ def cifar_augment(size: int = 32) -> BatchAugment:
 
 
 def read_cifar_batch(path: Path, label_key: str) -> ImageTensors:
-    """One pickled batch → images uint8 [N, 3, 32, 32], labels int64 [N]."""
-    with open(path, "rb") as f:
-        try:
-            entry = pickle.load(f, encoding="latin1")
-        except Exception as err:
-            raise ValueError(f"{path} is not a CIFAR pickle: {error_reason(err)!r}") from None
+    """One pickled batch → images uint8 [N, 3, 32, 32], labels int64 [N] (read without running code: a pickle
+    naming anything but numpy's array constructors is refused)."""
+    entry = load_data_pickle(path, "CIFAR batch", reason=error_reason)
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path} is not a CIFAR batch: it holds a {type(entry).__name__}, not a dict")
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
     if "data" not in entry or label_key not in entry:
         raise ValueError(f"{path} lacks the 'data' and {label_key!r} entries of a CIFAR batch")
@@ -60,10 +61,12 @@ def _concat(parts: Sequence[ImageTensors]) -> ImageTensors:
 
 
 def _download(name: str, root: Path) -> None:
+    """torchvision's archive for ``name``, fetched (its checksum checked) and unpacked into ``root``; the batches are
+    not opened here (torchvision's dataset class would ``pickle.load`` them), only by ``read_cifar_batch``."""
     import torchvision.datasets as tvd
+    from torchvision.datasets.utils import download_and_extract_archive
     cls = getattr(tvd, SPECS[name][-1])
-    for train in (True, False):
-        cls(str(root), train=train, download=True)
+    download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
 
 
 def _cifar(name: str):

@@ -8,6 +8,10 @@ worker that decodes an image, or on where a resumed run starts.
 Unreadable images raise ``ImageReadError("cannot read image PATH: REASON")`` when first read; with
 ``skip_bad_images=True`` every image is decoded once at construction and the bad ones are left out and counted
 (``num_skipped``, plus one warning line).
+
+Decoding (``load_image``) admits only Pillow's own raster decoders (``SAFE_FORMATS``: no EPS, which Pillow hands to
+Ghostscript) and converts every image to one mode: "RGB" (3 channels) or "L" (1 channel); 16-bit grayscale is
+scaled to 8 bits (Pillow's own conversion would clip it at 255).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -26,7 +31,10 @@ from pyro_ncl.backends import default_num_workers
 from pyro_ncl.data.base import DataBundle, check_num_workers, check_subset, epoch_permutation, error_reason, key_seed
 from pyro_ncl.data.base import shard_rows, step_generator
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
+# Pillow's own decoders for those extensions (JPEG opens cameras' MPO files too); never EPS (Ghostscript), whatever
+# the file's name or first bytes
+SAFE_FORMATS = ("JPEG", "PNG", "BMP", "PPM", "WEBP", "TIFF")
 Samples = List[Tuple[str, int]]  # (image path, label)
 
 
@@ -41,19 +49,33 @@ def image_files(folder: Path) -> List[Path]:
                       if e.is_file() and os.path.splitext(e.name)[1].lower() in IMG_EXTENSIONS)
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image to RGB; any PIL/OS failure becomes a one-line ``ImageReadError`` naming the file."""
+def load_image(path: str, mode: str = "RGB") -> Image.Image:
+    """Decode an image (``SAFE_FORMATS`` only) to ``mode`` ("RGB" or "L"); any PIL/OS failure becomes a one-line
+    ``ImageReadError`` naming the file."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        with Image.open(path, formats=SAFE_FORMATS) as img:
+            return _converted(img, mode)
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise ImageReadError(f"cannot read image {path}: {error_reason(err)}") from None
+
+
+def load_rgb(path: str) -> Image.Image:
+    """``load_image(path, "RGB")``."""
+    return load_image(path, "RGB")
+
+
+def _converted(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` in ``mode``; 16- and 32-bit integer grayscale scaled from 0..65535 to 0..255 first."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        values = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    return img.convert(mode)
 
 
 def _check_one(path: str) -> Optional[str]:
     """None if ``path`` decodes fully (JPEGs decoded at reduced scale: fast, still reads the whole stream)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=SAFE_FORMATS) as img:
             img.draft("RGB", (64, 64))
             img.load()
         return None
@@ -86,8 +108,8 @@ def _collate(items):
 class _TwoViews(Dataset):
     """item (index, transform seed) → (view1 [C,S,S], view2 [C,S,S], label, index)."""
 
-    def __init__(self, samples: Samples, transform: Callable):
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: Samples, transform: Callable, mode: str = "RGB"):
+        self.samples, self.transform, self.mode = samples, transform, mode
 
     def __len__(self):
         return len(self.samples)
@@ -96,7 +118,7 @@ class _TwoViews(Dataset):
         index, key = item
         path, label = self.samples[index]
         try:
-            img = load_rgb(path)
+            img = load_image(path, self.mode)
         except ImageReadError as err:
             return _Failed(str(err))
         with torch.random.fork_rng(devices=[]):
@@ -107,8 +129,8 @@ class _TwoViews(Dataset):
 class _Plain(Dataset):
     """index → (image [C,S,S], label), the evaluation transform."""
 
-    def __init__(self, samples: Samples, transform: Callable):
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: Samples, transform: Callable, mode: str = "RGB"):
+        self.samples, self.transform, self.mode = samples, transform, mode
 
     def __len__(self):
         return len(self.samples)
@@ -116,7 +138,7 @@ class _Plain(Dataset):
     def __getitem__(self, index):
         path, label = self.samples[index]
         try:
-            return self.transform(load_rgb(path)), label
+            return self.transform(load_image(path, self.mode)), label
         except ImageReadError as err:
             return _Failed(str(err))
 
@@ -168,32 +190,65 @@ class FolderData(DataBundle):
     device (the workers then ship uint8 views, a quarter of float32's volume): e.g. normalisation only, or the
     colour work after a crop in the workers, with a generator fixed by (seed, epoch, step), drawing its parameters
     for the whole global batch of ``batch_size`` and applying those of ``rows`` (this process's shard; None: all).
-    ``device_normalize(x)``: likewise for the evaluation batches (uint8 from ``eval_transform``)."""
+    ``device_normalize(x)``: likewise for the evaluation batches (uint8 from ``eval_transform``).
+    ``val_samples``: a validation split ("val", then the split the end-of-run evaluation scores). ``pool_samples``:
+    the images training draws from when they are not the labelled training images (unlabelled pre-training, label
+    -1; ``subset`` then chooses among them), the labelled ones staying the evaluation's "train" split.
+    ``in_channels`` 1 decodes images to grayscale ("L"), 3 to RGB."""
 
     def __init__(self, name: str, train_samples: Samples, test_samples: Samples, num_classes: int,
                  train_transform: Callable, eval_transform: Callable, image_size: int, subset: Optional[int] = None,
                  num_workers: Optional[int] = 0, skip_bad_images: bool = False, in_channels: int = 3,
-                 device_augment: Optional[Callable] = None, device_normalize: Optional[Callable] = None):
+                 device_augment: Optional[Callable] = None, device_normalize: Optional[Callable] = None,
+                 val_samples: Optional[Samples] = None, pool_samples: Optional[Samples] = None):
         self.name, self.num_classes, self.image_size, self.in_channels = name, num_classes, image_size, in_channels
+        self.mode = "L" if in_channels == 1 else "RGB"
         self.num_workers = check_num_workers(num_workers)
         self.num_skipped = 0
+        splits = {"train": list(train_samples), "test": list(test_samples), "val": list(val_samples or []),
+                  "pool": list(pool_samples or [])}
         if skip_bad_images:
-            train_samples, test_samples = self._drop_bad(train_samples, test_samples)
-        n = check_subset(subset, len(train_samples), name)
-        self.train_samples, self.test_samples = spread_subset(train_samples, n), list(test_samples)
+            splits = self._drop_bad(splits)
+        pool = splits["pool"] if pool_samples is not None else splits["train"]
+        n = check_subset(subset, len(pool), name)
+        pool = spread_subset(pool, n)
+        self.train_samples = pool if pool_samples is None else splits["train"]
+        self.pool_samples, self.test_samples = pool, splits["test"]
+        self.val = self.val_samples = splits["val"] if val_samples is not None else None
         self.num_train = n
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.device_augment, self.device_normalize = device_augment, device_normalize
         self._loaders: Dict[tuple, DataLoader] = {}
 
-    def _drop_bad(self, train: Samples, test: Samples) -> Tuple[Samples, Samples]:
-        bad = dict(find_bad_images([p for p, _ in train] + [p for p, _ in test]))
+    @property
+    def num_eval_train(self) -> int:
+        return len(self.train_samples)
+
+    def _drop_bad(self, splits: Dict[str, Samples]) -> Dict[str, Samples]:
+        every = [p for samples in splits.values() for p, _ in samples]
+        bad = dict(find_bad_images(list(dict.fromkeys(every))))
         self.num_skipped = len(bad)
         if bad:
             first, reason = next(iter(bad.items()))
-            warnings.warn(f"{self.name}: skipped {len(bad)} unreadable image(s) of {len(train) + len(test)} "
+            warnings.warn(f"{self.name}: skipped {len(bad)} unreadable image(s) of {len(set(every))} "
                           f"(first: {first}: {reason})", stacklevel=4)
-        return [s for s in train if s[0] not in bad], [s for s in test if s[0] not in bad]
+        return {split: [s for s in samples if s[0] not in bad] for split, samples in splits.items()}
+
+    def split_samples(self, split: str) -> Samples:
+        """The (path, label) list of an evaluation split: "train" (the labelled training images in use), "val"
+        (when there is one) or "test"."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if split == "val" and self.val_samples is None:
+            raise ValueError(f"{self.name} has no validation split")
+        return {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}[split]
+
+    def eval_image(self, path: str) -> torch.Tensor:
+        """One image file as an evaluation batch holds it before ``eval_normalise`` ([C, S, S])."""
+        return self.eval_transform(load_image(path, self.mode))
+
+    def eval_normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.device_normalize is None else self.device_normalize(x)
 
     def _loader(self, kind: str, batch_size: int, device) -> DataLoader:
         pin = torch.device(device).type == "cuda"
@@ -203,12 +258,12 @@ class FolderData(DataBundle):
             common = dict(num_workers=workers, pin_memory=pin, collate_fn=_collate, persistent_workers=workers > 0,
                           generator=torch.Generator().manual_seed(0))  # leaves torch's global RNG alone
             if kind == "train":
-                dataset = _TwoViews(self.train_samples, self.train_transform)
+                dataset = _TwoViews(self.pool_samples, self.train_transform, self.mode)
                 loader = DataLoader(dataset, batch_sampler=_EpochBatches(self.num_train, batch_size), **common)
             else:
-                samples = self.train_samples if kind == "eval-train" else self.test_samples
-                loader = DataLoader(_Plain(samples, self.eval_transform), batch_size=batch_size, shuffle=False,
-                                    **common)
+                samples = self.split_samples(kind[len("eval-"):])
+                loader = DataLoader(_Plain(samples, self.eval_transform, self.mode), batch_size=batch_size,
+                                    shuffle=False, **common)
             self._loaders[key] = loader
         return self._loaders[key]
 
@@ -230,9 +285,9 @@ class FolderData(DataBundle):
             yield x1, x2, y.to(device, non_blocking=True), index.to(device, non_blocking=True)
 
     def eval_batches(self, split, batch_size, device) -> Iterator:
-        """(x [B,C,S,S], y [B]) over the split in file order (train: the training images in use)."""
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        """(x [B,C,S,S], y [B]) over the split in file order (train: the labelled training images in use; "val"
+        when there is a validation split)."""
+        self.split_samples(split)  # refuses an unknown split
         if batch_size < 1:
             raise ValueError(f"eval batch size must be at least 1, got {batch_size}")
         for batch in self._loader(f"eval-{split}", batch_size, device):

@@ -37,7 +37,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision.transforms.v2 as T
@@ -97,6 +97,30 @@ def folder_key(path: Path) -> Tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
+def _entries(folder: Path, problems: Problems, unreadable_images: bool) -> Iterator[Tuple[Path, os.stat_result]]:
+    """(path, stat) of each entry of ``folder`` by name, links followed; hidden files are ignored (counted), a
+    symlink loop is a problem, another entry that cannot be stat'ed is an unreadable image when it is named like
+    one and ``unreadable_images``, else ignored."""
+    with os.scandir(folder) as entries:
+        ordered = sorted(entries, key=lambda e: e.name)
+    for entry in ordered:
+        path = Path(entry.path)
+        if _is_hidden(entry.name):
+            problems.ignored += 1
+            continue
+        try:
+            info = os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                problems.add("symlink loop", f"{path} is a symlink loop ({err.strerror})")
+            elif unreadable_images and path.suffix.lower() in IMG_EXTENSIONS:
+                problems.add("unreadable image", f"cannot read image {path}: {err.strerror}")
+            else:
+                problems.ignored += 1
+            continue
+        yield path, info
+
+
 def walk_images(folder: Path, problems: Problems, above: FrozenSet[Tuple[int, int]] = frozenset(),
                 seen: Optional[set] = None) -> List[Path]:
     """Every image file under ``folder`` (nested folders included; symlinked folders followed), sorted by path.
@@ -105,24 +129,8 @@ def walk_images(folder: Path, problems: Problems, above: FrozenSet[Tuple[int, in
     seen = set() if seen is None else seen
     here = above | {folder_key(folder)}
     found: List[Path] = []
-    with os.scandir(folder) as entries:
-        ordered = sorted(entries, key=lambda e: e.name)
-    for entry in ordered:
-        path = Path(entry.path)
-        if _is_hidden(entry.name):
-            problems.ignored += 1
-            continue
+    for path, info in _entries(folder, problems, unreadable_images=True):
         is_image = path.suffix.lower() in IMG_EXTENSIONS
-        try:
-            info = os.stat(path)
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                problems.add("symlink loop", f"{path} is a symlink loop ({err.strerror})")
-            elif is_image:
-                problems.add("unreadable image", f"cannot read image {path}: {err.strerror}")
-            else:
-                problems.ignored += 1
-            continue
         if stat.S_ISDIR(info.st_mode):
             key = (info.st_dev, info.st_ino)
             if key in here:
@@ -145,21 +153,7 @@ def class_folders(split: Path, problems: Problems) -> Dict[str, List[Path]]:
     above = frozenset({folder_key(split.parent), folder_key(split)})
     classes: Dict[str, List[Path]] = {}
     loose = 0
-    with os.scandir(split) as entries:
-        ordered = sorted(entries, key=lambda e: e.name)
-    for entry in ordered:
-        path = Path(entry.path)
-        if _is_hidden(entry.name):
-            problems.ignored += 1
-            continue
-        try:
-            info = os.stat(path)
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                problems.add("symlink loop", f"{path} is a symlink loop ({err.strerror})")
-            else:
-                problems.ignored += 1
-            continue
+    for path, info in _entries(split, problems, unreadable_images=False):
         if not stat.S_ISDIR(info.st_mode):
             loose += path.suffix.lower() in IMG_EXTENSIONS
             problems.ignored += 1
@@ -168,7 +162,7 @@ def class_folders(split: Path, problems: Problems) -> Dict[str, List[Path]]:
         else:
             images = walk_images(path, problems, above)
             if images:
-                classes[entry.name] = images
+                classes[path.name] = images
             else:
                 problems.add("empty class folder", f"class folder {path} holds no images")
     if not classes and loose:

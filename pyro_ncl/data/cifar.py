@@ -4,7 +4,8 @@
 ``cifar-100-python/{train, test}``: pickled dicts with ``data`` uint8 [N, 3072] (the R, G, B planes of a 32×32
 image, each row-major) and ``labels`` / ``fine_labels``. ``root`` may also be that folder itself.
 
-Options: ``download`` (False: fetch with torchvision first), ``num_workers`` (ignored: views are made on the device).
+Options: ``download`` (False: fetch with torchvision first), ``num_workers`` (ignored: views are made on the device),
+``val_size`` and ``exclude_classes`` (see ``pyro_ncl.data.base``).
 Views: the authors' 32 px recipe (random resized crop scale 0.08–1, flip, colour jitter 0.4 with p 0.8, grayscale
 0.2) through ``BatchAugment`` (no hue jitter).
 """
@@ -70,7 +71,7 @@ def _cifar(name: str):
     folder, train_files, test_files, label_key, classes, mean, std, _ = SPECS[name]
 
     def build(root=None, subset=None, download: bool = False, num_workers: int = 0, val_size=None,
-              **options) -> InMemoryData:
+              exclude_classes=None, **options) -> InMemoryData:
         reject_options(name, options)
         check_num_workers(num_workers)
         where = torchvision_folder(name, Path(root or DEFAULT_ROOT), folder, train_files + test_files,
@@ -82,7 +83,7 @@ def _cifar(name: str):
                 raise ValueError(f"{name}: labels in {where} must lie in 0..{classes - 1}, found "
                                  f"{int(split.labels.min())}..{int(split.labels.max())}")
         return InMemoryData(name, train, test, num_classes=classes, mean=mean, std=std, subset=subset,
-                            augment=cifar_augment(32), val_size=val_size)
+                            augment=cifar_augment(32), val_size=val_size, exclude_classes=exclude_classes)
     build.__doc__ = f"{name}: (root=None, subset=None, download=False, num_workers=0) → InMemoryData, 32 px RGB."
     return build
 

@@ -88,6 +88,13 @@ class Config:
                                    "end-of-run evaluation scores the validation split (the test split stays unread: "
                                    "choose settings on it, then score the test split once with evaluate.py --split "
                                    "test or frontier.py --final)", default=None, ge=1)
+    exclude_classes: Optional[str] = _opt("comma-separated class ids removed from the training images (and the "
+                                          "validation split) (fashion-mnist, mnist, cifar10/100, scenes): --subset "
+                                          "counts the other classes' images, the evaluation scores the test images "
+                                          "of the other classes, and the removed classes' test images are the "
+                                          "outlier split (near out-of-distribution inputs for "
+                                          "experiments/uncertainty.py)", default=None,
+                                          pattern=(r"[0-9]+(,[0-9]+)*", "comma-separated class ids such as 8,9"))
     background_strength: Optional[float] = _opt("scenes: contrast and saturation of the shared backgrounds around "
                                                 "mid-grey (1: the full backgrounds; lower makes the item easier to "
                                                 "learn than the background)", default=None, ge=0, le=1)
@@ -332,7 +339,8 @@ def check_amp(amp: str) -> None:
 
 
 DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation", "val_size",
-                   "background_strength", "item_contrast", "unlabelled_root", "channels", "image_mean", "image_std")
+                   "background_strength", "item_contrast", "unlabelled_root", "channels", "image_mean", "image_std",
+                   "exclude_classes")
 # settings that change neither what a run learns nor how it is scored: where and how it runs, logs and saves
 BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "unlabelled_root", "download", "num_workers",
                "log_every", "checkpoint_every", "eval_batch_size", "channels_last", "compile", "deterministic", "quiet",

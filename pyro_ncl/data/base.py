@@ -7,7 +7,7 @@ A dataset factory ``DATASETS[name](root=None, subset=None, **options)`` returns 
         augmented, normalised views [B, C, S, S] on ``device``, labels [B] and dataset indices [B]; the order and
         the views depend only on (seed, epoch, step), so a resumed run sees the same batches;
     ``eval_batches(split, batch_size, device)`` → iterator of (x, y), split "train", "val" (when a validation
-        split is carved, ``val_size``) or "test", no augmentation;
+        split is carved, ``val_size``), "test" or "outliers" (with ``exclude_classes``), no augmentation;
     ``eval_split``: the split the end-of-run evaluation scores: "val" when there is a validation split (the test
         split is then left unread), else "test";
     ``eval_image(path)`` → one image file as an evaluation batch holds it before ``eval_normalise(x)`` (images
@@ -20,6 +20,13 @@ Validation (``val_size`` V, the in-memory datasets): the last V images of the tr
 "val" split; training (and ``subset``, which counts within the rest) uses the images before them, so a run with
 ``--subset 10000`` trains on the same images with or without a validation split.
 
+Held-out classes (``exclude_classes``, the in-memory datasets): the training and validation images of those classes
+are removed (after the validation split is carved, before ``subset`` counts: ``--subset N`` trains on the first N
+images of the other classes); the "test" split keeps the other classes only, so the end-of-run metrics are those of
+the classes the run was trained on, and the removed classes' test images become the split "outliers"
+(``eval_batches("outliers", ...)``, ``bundle.outliers``): the out-of-distribution images of
+``experiments/uncertainty.py``. Labels keep their class ids (``num_classes`` is unchanged).
+
 Data parallelism (``pyro_ncl.distributed``): ``train_batches(..., rank=r, world_size=G)`` (in-memory and
 folder datasets) yields process r's contiguous shard, rows r·B/G .. (r+1)·B/G − 1, of the very global batch of B
 images (and views) that one process would get; ``local_train_batches`` does the same for any dataset.
@@ -30,7 +37,7 @@ import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -160,6 +167,38 @@ def check_splits(name: str, train: ImageTensors, test: ImageTensors, num_classes
                          f"training images {tuple(train.images.shape[1:])}; both splits must have one shape")
 
 
+def parse_classes(classes, num_classes: int, name: str) -> Tuple[int, ...]:
+    """The sorted class ids of ``exclude_classes`` (comma-separated text such as "8,9", or a sequence of ints; None
+    or empty: none). One-line ValueErrors for an id outside 0..num_classes − 1, or for removing so many classes
+    that fewer than two are left to train on."""
+    if classes is None:
+        return ()
+    if isinstance(classes, str):
+        parts = [part.strip() for part in classes.split(",")]
+        if not all(part.isdigit() for part in parts):
+            raise ValueError(f"--exclude-classes must be comma-separated class ids such as 8,9, got {classes!r}")
+        classes = [int(part) for part in parts]
+    ids = sorted({int(c) for c in classes})
+    outside = [c for c in ids if not 0 <= c < num_classes]
+    if outside:
+        raise ValueError(f"--exclude-classes: class {outside[0]} is outside 0..{num_classes - 1} ({name} has "
+                         f"{num_classes} classes)")
+    if num_classes - len(ids) < 2:
+        raise ValueError(f"--exclude-classes removes {len(ids)} of the {num_classes} classes of {name}: at least "
+                         f"two must be left to train on")
+    return tuple(ids)
+
+
+def split_classes(data: Optional[ImageTensors], classes: Tuple[int, ...]) -> Tuple[Optional[ImageTensors],
+                                                                                    Optional[ImageTensors]]:
+    """(the images of the other classes, the images of ``classes``) of a split, each in its original order;
+    (None, None) for a missing split."""
+    if data is None:
+        return None, None
+    out = torch.isin(data.labels, torch.tensor(classes, dtype=data.labels.dtype))
+    return (ImageTensors(data.images[~out], data.labels[~out]), ImageTensors(data.images[out], data.labels[out]))
+
+
 def carve_validation(train: ImageTensors, val_size: Optional[int], name: str) -> tuple:
     """(training images before the last ``val_size``, the last ``val_size`` as the validation split or None)."""
     if val_size is None:
@@ -198,6 +237,8 @@ class DataBundle:
     def eval_normalise(self, x: torch.Tensor) -> torch.Tensor:
         """A batch from ``eval_image`` [B, C, S, S] → normalised as the network sees it."""
         raise NotImplementedError
+    outliers = None  # the test images of the held-out classes (ImageTensors), with --exclude-classes
+    excluded_classes: Tuple[int, ...] = ()
 
     @property
     def eval_split(self) -> str:
@@ -226,16 +267,26 @@ class InMemoryData(DataBundle):
     def __init__(self, name: str, train: ImageTensors, test: ImageTensors, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], subset: Optional[int] = None,
                  augment: Optional[BatchAugment] = None, val_size: Optional[int] = None,
-                 val: Optional[ImageTensors] = None):
+                 val: Optional[ImageTensors] = None, exclude_classes=None, outliers: Optional[ImageTensors] = None):
         """``val_size``: carve the last V training images as the validation split; ``val``: a validation split
-        made by the dataset itself (held out from ``train`` already)."""
+        made by the dataset itself (held out from ``train`` already). ``exclude_classes`` (text "8,9" or ids):
+        remove those classes from training and validation and move their test images to the "outliers" split
+        (``outliers``: that split made by the dataset itself, the classes then already out of ``test``)."""
         self.name, self.num_classes = name, num_classes
         if val is None:
             train, val = carve_validation(train, val_size, name)
+        self.excluded_classes = parse_classes(exclude_classes, num_classes, name)
+        if self.excluded_classes:
+            (train, _), (val, _) = (split_classes(part, self.excluded_classes) for part in (train, val))
+            test, split_off = split_classes(test, self.excluded_classes)
+            outliers = outliers if outliers is not None else split_off
+            if outliers.labels.numel() == 0:
+                raise ValueError(f"{name}: the test split holds no image of the excluded classes "
+                                 f"{','.join(map(str, self.excluded_classes))}")
         check_splits(name, train, test, num_classes)
         if val is not None:
             check_splits(name, train, val, num_classes)
-        self.val = val
+        self.val, self.outliers = val, outliers
         n = check_subset(subset, train.images.shape[0], name)
         self.train = ImageTensors(train.images[:n], train.labels[:n])
         self.test = test
@@ -277,10 +328,14 @@ class InMemoryData(DataBundle):
         return self._normalise(x)
 
     def eval_batches(self, split, batch_size, device):
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {split!r}; expected train, val or test")
+        """Normalised images [b, C, H, W] and labels [b] of a split: "train", "val", "test" or "outliers" (the
+        test images of the excluded classes)."""
+        if split not in ("train", "val", "test", "outliers"):
+            raise ValueError(f"unknown split {split!r}; expected train, val, test or outliers")
         if split == "val" and self.val is None:
             raise ValueError(f"{self.name} has no validation split (set --val-size)")
+        if split == "outliers" and self.outliers is None:
+            raise ValueError(f"{self.name} has no outlier split (set --exclude-classes)")
         data = self._on(split, device)
         for start in range(0, data.images.shape[0], batch_size):
             x = data.images[start:start + batch_size].float().div_(255)

@@ -5,8 +5,9 @@
 image, each row-major) and ``labels`` / ``fine_labels``. ``root`` may also be that folder itself.
 
 Options: ``download`` (False: fetch torchvision's archive first), ``num_workers`` (ignored: views are made on the
-device). The batches are read by ``pyro_ncl.safe_unpickle`` (dicts, lists, strings, bytes, numbers and numpy arrays
-only): a crafted batch that would run code is refused by name, without running it.
+device), ``val_size`` and ``exclude_classes`` (see ``pyro_ncl.data.base``). The batches are read by
+``pyro_ncl.safe_unpickle`` (dicts, lists, strings, bytes, numbers and numpy arrays only): a crafted batch that would
+run code is refused by name, without running it.
 Views: the authors' 32 px recipe (random resized crop scale 0.08–1, flip, colour jitter 0.4 with p 0.8, grayscale
 0.2) through ``BatchAugment`` (no hue jitter).
 """
@@ -73,7 +74,7 @@ def _cifar(name: str):
     folder, train_files, test_files, label_key, classes, mean, std, _ = SPECS[name]
 
     def build(root=None, subset=None, download: bool = False, num_workers: int = 0, val_size=None,
-              **options) -> InMemoryData:
+              exclude_classes=None, **options) -> InMemoryData:
         reject_options(name, options)
         check_num_workers(num_workers)
         where = torchvision_folder(name, Path(root or DEFAULT_ROOT), folder, train_files + test_files,
@@ -85,7 +86,7 @@ def _cifar(name: str):
                 raise ValueError(f"{name}: labels in {where} must lie in 0..{classes - 1}, found "
                                  f"{int(split.labels.min())}..{int(split.labels.max())}")
         return InMemoryData(name, train, test, num_classes=classes, mean=mean, std=std, subset=subset,
-                            augment=cifar_augment(32), val_size=val_size)
+                            augment=cifar_augment(32), val_size=val_size, exclude_classes=exclude_classes)
     build.__doc__ = f"{name}: (root=None, subset=None, download=False, num_workers=0) → InMemoryData, 32 px RGB."
     return build
 

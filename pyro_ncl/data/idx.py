@@ -96,7 +96,8 @@ def load_idx_split(root: Path, split: str, name: str) -> ImageTensors:
 
 
 def _idx_dataset(name: str):
-    def build(root=None, subset=None, num_workers: int = 0, val_size=None, **options) -> InMemoryData:
+    def build(root=None, subset=None, num_workers: int = 0, val_size=None, exclude_classes=None,
+              **options) -> InMemoryData:
         """``num_workers`` is accepted (and checked) for a uniform interface: in-memory data need no workers."""
         reject_options(name, options)
         check_num_workers(num_workers)
@@ -105,7 +106,8 @@ def _idx_dataset(name: str):
             raise DatasetNotFound(f"{name} not found: {folder} is not a folder; {HOW_TO_GET[name]}, or pass --data-root")
         mean, std = STATS[name]
         return InMemoryData(name, load_idx_split(folder, "train", name), load_idx_split(folder, "test", name),
-                            num_classes=10, mean=mean, std=std, subset=subset, val_size=val_size)
+                            num_classes=10, mean=mean, std=std, subset=subset, val_size=val_size,
+                            exclude_classes=exclude_classes)
     return build
 
 

@@ -15,7 +15,9 @@ independent of the class) does the same for the test split.
 Options: ``seed`` (0), ``spurious_correlation`` (0.0), ``test_spurious_correlation`` (0.0), ``num_backgrounds``
 (5, from 2 to 5), ``background_strength`` (1.0: the background's contrast and saturation around mid-grey; lower
 makes the item easier to learn than the background), ``val_size`` (the last V training scenes as the validation
-split), ``num_workers`` (ignored). ``root``: the Fashion-MNIST IDX folder.
+split), ``exclude_classes`` (item classes held out of training and validation, their test scenes the "outliers"
+split: see ``pyro_ncl.data.base``; only the scenes used are composed), ``num_workers`` (ignored). ``root``: the
+Fashion-MNIST IDX folder.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_ncl.data.base import DATASETS, DatasetNotFound, ImageTensors, InMemoryData, check_num_workers, check_subset
-from pyro_ncl.data.base import carve_validation, key_seed, reject_options
+from pyro_ncl.data.base import carve_validation, key_seed, parse_classes, reject_options, split_classes
 from pyro_ncl.data.cifar import cifar_augment
 from pyro_ncl.data.idx import DEFAULT_ROOTS, HOW_TO_GET, load_idx_split
 
@@ -144,21 +146,32 @@ def channel_stats(images: torch.Tensor) -> Tuple[list, list]:
 
 
 class ScenesData(InMemoryData):
-    """``InMemoryData`` plus ``train_background`` / ``val_background`` / ``test_background`` (int64 [N]; ``background(
-    split)``) and ``background_names``."""
+    """``InMemoryData`` plus ``train_background`` / ``val_background`` / ``test_background`` /
+    ``outliers_background`` (int64 [N]; ``background(split)``) and ``background_names``. With ``exclude_classes``
+    the splits come without those classes already and ``outliers`` holds their test scenes."""
 
     def __init__(self, train: ImageTensors, test: ImageTensors, train_background: torch.Tensor,
                  test_background: torch.Tensor, num_backgrounds: int, val: ImageTensors = None,
-                 val_background: torch.Tensor = None):
+                 val_background: torch.Tensor = None, exclude_classes=None, outliers: ImageTensors = None,
+                 outliers_background: torch.Tensor = None):
         mean, std = channel_stats(train.images)
-        super().__init__(NAME, train, test, num_classes=10, mean=mean, std=std, augment=cifar_augment(SIZE), val=val)
+        super().__init__(NAME, train, test, num_classes=10, mean=mean, std=std, augment=cifar_augment(SIZE), val=val,
+                         exclude_classes=exclude_classes, outliers=outliers)
         self.train_background, self.test_background = train_background, test_background
-        self.val_background = val_background
+        self.val_background, self.outliers_background = val_background, outliers_background
         self.background_names = list(BACKGROUNDS[:num_backgrounds])
 
     def background(self, split: str) -> torch.Tensor:
         """[N] the background types of a split, aligned with ``eval_batches(split)``."""
-        return {"train": self.train_background, "val": self.val_background, "test": self.test_background}[split]
+        return {"train": self.train_background, "val": self.val_background, "test": self.test_background,
+                "outliers": self.outliers_background}[split]
+
+
+def _without(scenes: ImageTensors, backgrounds: torch.Tensor, classes) -> tuple:
+    """(scenes of the other classes, their backgrounds, scenes of ``classes``, their backgrounds), in order."""
+    out = torch.isin(scenes.labels, torch.tensor(classes, dtype=scenes.labels.dtype))
+    return (ImageTensors(scenes.images[~out], scenes.labels[~out]), backgrounds[~out],
+            ImageTensors(scenes.images[out], scenes.labels[out]), backgrounds[out])
 
 
 def _check_rho(name: str, value) -> float:
@@ -170,7 +183,8 @@ def _check_rho(name: str, value) -> float:
 @DATASETS.register(NAME)
 def scenes(root=None, subset=None, seed: int = 0, spurious_correlation: float = 0.0,
            test_spurious_correlation: float = 0.0, num_backgrounds: int = len(BACKGROUNDS), num_workers: int = 0,
-           background_strength: float = 1.0, item_contrast: float = 0.0, val_size=None, **options) -> ScenesData:
+           background_strength: float = 1.0, item_contrast: float = 0.0, val_size=None, exclude_classes=None,
+           **options) -> ScenesData:
     reject_options(NAME, options)
     check_num_workers(num_workers)
     rho, test_rho = _check_rho("spurious_correlation", spurious_correlation), \
@@ -186,13 +200,24 @@ def scenes(root=None, subset=None, seed: int = 0, spurious_correlation: float = 
     train_items, test_items = (load_idx_split(folder, s, "fashion-mnist") for s in ("train", "test"))
     total = train_items.images.shape[0]
     pool, held = carve_validation(ImageTensors(train_items.images[:, :0], train_items.labels), val_size, NAME)
-    n = check_subset(subset, pool.labels.shape[0], NAME)
+    excluded = parse_classes(exclude_classes, 10, NAME)
+    kept = split_classes(pool, excluded)[0].labels.shape[0] if excluded else pool.labels.shape[0]
+    n = check_subset(subset, kept, NAME)
+    if excluded:  # compose the scenes up to the n-th kept one, then drop the excluded classes
+        positions = (~torch.isin(pool.labels, torch.tensor(excluded, dtype=pool.labels.dtype))).nonzero()[:, 0]
+        n = int(positions[n - 1]) + 1
     train, train_bg = make_split(train_items, n, seed, "train", rho, num_backgrounds, **look)
     val, val_bg = (make_split(train_items, val_size, seed, "train", rho, num_backgrounds, start=total - val_size,
                               **look) if held is not None else (None, None))
     test, test_bg = make_split(test_items, test_items.images.shape[0], seed, "test", test_rho, num_backgrounds,
                                **look)
-    return ScenesData(train, test, train_bg, test_bg, num_backgrounds, val=val, val_background=val_bg)
+    outliers = outliers_bg = None
+    if excluded:
+        train, train_bg = _without(train, train_bg, excluded)[:2]
+        val, val_bg = _without(val, val_bg, excluded)[:2] if val is not None else (None, None)
+        test, test_bg, outliers, outliers_bg = _without(test, test_bg, excluded)
+    return ScenesData(train, test, train_bg, test_bg, num_backgrounds, val=val, val_background=val_bg,
+                      exclude_classes=excluded or None, outliers=outliers, outliers_background=outliers_bg)
 
 
 def background_leakage(train_features: torch.Tensor, train_bg: torch.Tensor, test_features: torch.Tensor,

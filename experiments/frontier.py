@@ -208,7 +208,7 @@ def measure(run_dir: Path, posthoc: bool, device: str, split: str) -> List[dict]
     epochs, kNN k, seed, evaluation subset) against the training split; stored under ``splits[split]`` of
     RUN_DIR/frontier.json (the other split's rows are kept); returns the rows."""
     from pyro_ncl.evaluation import extract
-    from pyro_ncl.inspect import load_run
+    from pyro_ncl.trained_run import load_run
     from pyro_ncl.probes import linear_probe
     from pyro_ncl.train import resolve_device
 

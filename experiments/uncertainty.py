@@ -43,7 +43,7 @@ from pyro_ncl.checkpoint import CheckpointError  # noqa: E402
 from pyro_ncl.config import BOOKKEEPING, OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
 from pyro_ncl.data import DatasetNotFound  # noqa: E402
 from pyro_ncl.evaluation import extract  # noqa: E402
-from pyro_ncl.inspect import Run, load_run  # noqa: E402
+from pyro_ncl.trained_run import Run, load_run  # noqa: E402
 from pyro_ncl.run_folder import read_metrics, write_metrics  # noqa: E402
 from pyro_ncl.runtime import local_device  # noqa: E402
 from pyro_ncl.uncertainty import (SCORES, Bank, ScoreInputs, aupr, auroc, compute_scores, definitions,  # noqa: E402

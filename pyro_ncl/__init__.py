@@ -2,7 +2,7 @@
 
     import pyro_ncl
     run = pyro_ncl.run(pyro_ncl.Config(epochs=1, out="runs/quick"))   # pyro_ncl.experiment.run
-    pyro_ncl.load_run("runs/quick").encode(x)                          # pyro_ncl.inspect
+    pyro_ncl.load_run("runs/quick").encode(x)                          # pyro_ncl.trained_run
 
 The names are imported on first use, so that ``import pyro_ncl.config`` stays light.
 """
@@ -12,7 +12,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {"run": "pyro_ncl.experiment", "resume_settings": "pyro_ncl.experiment", "Config": "pyro_ncl.config",
-            "load_run": "pyro_ncl.inspect", "Run": "pyro_ncl.inspect"}
+            "load_run": "pyro_ncl.trained_run", "Run": "pyro_ncl.trained_run"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -34,7 +34,7 @@ from pyro_ncl.config import FIELD_NAMES, Config, config_from_run, dataset_option
 from pyro_ncl.data import load_dataset
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import evaluate
-from pyro_ncl.inspect import Run
+from pyro_ncl.trained_run import Run
 from pyro_ncl.plots import plot_loss_curve
 from pyro_ncl.progress import format_duration
 from pyro_ncl.run_folder import clear_outputs, outputs_in, read_metrics, write_metrics
@@ -48,7 +48,7 @@ __all__ = ["run", "settings", "resume_settings", "refuse_earlier_run", "open_dat
 
 
 def run(config: Optional[Config] = None, **changes: Any) -> Run:
-    """Train and evaluate one run; returns it as an ``inspect.Run`` (folder, resolved settings, the trained system
+    """Train and evaluate one run; returns it as an ``trained_run.Run`` (folder, resolved settings, the trained system
     in eval mode, its data, ``metrics``). ``config`` with ``changes`` applied (``run(epochs=1, out=...)`` starts
     from the defaults). With ``resume`` set, the run's saved settings are used, only ``device`` and ``quiet`` taken
     from here. Bad settings or data: a one-line ``ValueError`` before anything is written."""

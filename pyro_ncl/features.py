@@ -23,7 +23,7 @@ import torch
 from pyro_ncl.data.folder import ImageReadError
 from pyro_ncl.data.image_tree import Problems, walk_images
 from pyro_ncl.evaluation import extract
-from pyro_ncl.inspect import Run
+from pyro_ncl.trained_run import Run
 
 Progress = Optional[Callable[[int], None]]  # called with the number of images just done
 

@@ -14,7 +14,7 @@ import torch
 
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import eval_mode
-from pyro_ncl.inspect import gate_frequency_by_class
+from pyro_ncl.trained_run import gate_frequency_by_class
 from pyro_ncl.system import ContrastiveSystem
 
 MONITOR_IMAGES = 512

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_ncl.inspect import extract_split, load_run
+from pyro_ncl.trained_run import extract_split, load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")

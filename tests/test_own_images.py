@@ -15,7 +15,7 @@ import torch
 import pyro_ncl
 from pyro_ncl.config import Config
 from pyro_ncl.evaluation import extract
-from pyro_ncl.inspect import load_run
+from pyro_ncl.trained_run import load_run
 from pyro_ncl.probes import knn_accuracy
 from pyro_ncl.run_folder import RunLock, read_metrics
 from test_data_folder import make_tree, write_image

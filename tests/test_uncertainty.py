@@ -306,7 +306,7 @@ def uncertainty(*args):
 @needs_fashion
 def test_uncertainty_script_on_a_gated_run_with_held_out_classes_and_ncl(tiny_run, tmp_path):
     gated, ncl = tiny_run("bayesncl", "--exclude-classes", "8,9"), tiny_run("ncl")
-    from pyro_ncl.inspect import load_run
+    from pyro_ncl.trained_run import load_run
     assert load_run(gated).data.outliers.labels.unique().tolist() == [8, 9]  # the setting reaches load_run
     result = uncertainty(gated, ncl, "--out", tmp_path / "unc", "--samples", 4, "--device", "cpu")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""pyro_ncl.inspect on a tiny trained run, and the inspection notebook executed end to end."""
+"""pyro_ncl.trained_run on a tiny trained run, and the inspection notebook executed end to end."""
 import copy
 import math
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_ncl.inspect import (bernoulli_entropy, class_gate_frequency, extract_split, gate_frequency_by_class,
+from pyro_ncl.trained_run import (bernoulli_entropy, class_gate_frequency, extract_split, gate_frequency_by_class,
                               gate_probabilities, load_images, load_run, posterior_entropy, sample_gates,
                               switched_on)
 
@@ -131,7 +131,7 @@ def test_notebook_executes(run, monkeypatch):
 def untrained_run(tmp_path, **settings):
     """A Run around a freshly built system (no training, no dataset): what inspection reports is the guide's."""
     from pyro_ncl.config import Config
-    from pyro_ncl.inspect import Run
+    from pyro_ncl.trained_run import Run
     from pyro_ncl.system import build_system
     config = Config(width=4, hidden_dim=16, feature_dim=8, **settings).resolved()
     torch.manual_seed(0)

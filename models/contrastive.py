@@ -11,9 +11,9 @@ The contrastive factor couples the views of a batch (every view is every other v
 *outside* the plate and is scaled by hand from the batch mean to the 2N views of the dataset; inside the plate
 Pyro would treat it as per-view and drop the cross-view terms of score-function gradients.
 
-When the guide is reparameterised and the prior has a closed-form KL (the default pair), the gate sites' log
-densities are masked out and the guide adds the exact KL instead (see ``guides.amortized``): a Rao-Blackwellised,
-zero-variance estimate of the gate term of the ELBO.
+When the guide is reparameterised and the prior has a closed-form KL (the default ``exact_k`` guide with the
+``bernoulli`` prior), the gate sites' log densities are masked out and the guide adds the exact KL instead (see
+``guides.base``): a Rao-Blackwellised, zero-variance estimate of the gate term of the ELBO.
 """
 from __future__ import annotations
 

@@ -309,12 +309,20 @@ def _selection_table(chosen: Dict[str, dict], knob_keys: Dict[str, str]) -> List
     return lines
 
 
-def choose_default(chosen: Dict[str, dict], candidates: List[str]) -> Optional[str]:
-    """The candidate design with a point within 1 point of NCL whose mean paired margin over the post-hoc front
-    is largest (None without one)."""
-    scored = [(entry["margins"]["posthoc"]["mean"], design) for design, entry in chosen.items()
-              if design in candidates and entry["eligible"] and entry["margins"].get("posthoc", {}).get("n")]
-    return max(scored)[1] if scored else None
+def choose_default(chosen: Dict[str, dict], candidates: List[str]) -> Optional[dict]:
+    """{"design", "point", "within_1pt"}: the candidate design whose front lies furthest above every post-hoc cut
+    (the largest mean margin of its widest point, paired by seed at its own kNN), at its most consistent point
+    within 1 point of NCL's kNN when that point is above the post-hoc cuts (a positive mean margin), else at its
+    widest point (``within_1pt: False``); None without candidates."""
+    wide = [(entry["widest"]["posthoc"]["mean"], design) for design, entry in chosen.items()
+            if design in candidates and entry["widest"]["point"] is not None]
+    if not wide:
+        return None
+    design = max(wide)[1]
+    entry = chosen[design]
+    if entry["eligible"] and entry["margins"].get("posthoc", {}).get("mean", -1) > 0:
+        return {"design": design, "point": entry["point"], "within_1pt": True}
+    return {"design": design, "point": entry["widest"]["point"], "within_1pt": False}
 
 
 def plot(points: List[dict], path: Path, split: str) -> None:
@@ -358,11 +366,15 @@ def summary(jobs: List[dict], out: Path, header: str) -> dict:
     knob_keys = {j["design"]: j["knob_key"] for j in jobs if j["knob_key"]}
     chosen = select(rows, points, REFERENCE, TRAINED)
     candidates = list(dict.fromkeys(j["design"] for j in jobs if j["candidate"]))
-    default = choose_default(chosen, candidates)
+    picked = choose_default(chosen, candidates)
+    default = picked["design"] if picked else None
     selection = {design: {"knob_key": knob_keys.get(design), "knob": e["point"]["knob"],
                           "variant": e["point"]["variant"], "eligible": e["eligible"]}
                  for design, e in chosen.items()}
+    if picked and not picked["within_1pt"]:  # the default is its widest point, not its most accurate one
+        selection[default].update(knob=picked["point"]["knob"], variant=picked["point"]["variant"])
     (out / "selection.json").write_text(json.dumps({"designs": selection, "default": default,
+                                                    "default_within_1pt": bool(picked and picked["within_1pt"]),
                                                     "candidates": candidates}, indent=1))
     (out / "frontier.json").write_text(json.dumps({"split": "val", "rows": rows, "points": points,
                                                    "chosen": chosen, "default": default}, indent=1, default=str))
@@ -378,8 +390,17 @@ def summary(jobs: List[dict], out: Path, header: str) -> dict:
                   f"the point's kNN, paired by seed (mean ± std, wins/n); the weighted columns do the same in "
                   f"activation-weighted consistency, against fronts drawn in it.", "",
                   *_selection_table(chosen, knob_keys), "",
-                  f"Default (the candidate with the largest mean margin over all post-hoc cuts): "
-                  f"**{default or 'none: no candidate design has a point within 1 point of NCL'}**."]
+                  "Each design's widest point (the largest mean margin over all post-hoc cuts at its own kNN):", "",
+                  "| design | point | kNN | consistency | vs all post-hoc |", "|---|---|---|---|---|",
+                  *[f"| {d} | {point_label(e['widest']['point'], knob_keys)} | "
+                    f"{_fmt(e['widest']['point'], 'knn_accuracy')} | "
+                    f"{_fmt(e['widest']['point'], 'semantic_consistency')} | {_fmt_margin(e['widest']['posthoc'])} |"
+                    for d, e in chosen.items() if e["widest"]["point"] is not None], "",
+                  (f"Default (the candidate whose front lies furthest above every post-hoc cut): **{default}** at "
+                   f"{point_label(picked['point'], knob_keys)}"
+                   + (", its most consistent point within 1 point of NCL's kNN." if picked["within_1pt"] else
+                      ", its widest point: it has no point within 1 point of NCL's kNN and linear probe on h that "
+                      "lies above the post-hoc cuts.") if picked else "No candidate design.")]
     (out / "frontier.md").write_text("\n".join(lines) + "\n")
     if points:
         plot(points, out / "frontier.png", "validation")

@@ -254,8 +254,9 @@ def select(rows: List[dict], points: List[dict], reference: str = "ncl", trained
     ``tolerance`` of the reference's kNN and linear probe on h, with its paired margins over the baseline fronts
     (``paired_margins``, in count-based and in activation-weighted consistency); a design without such a point gets
     its most accurate point, marked ``eligible: False``. Only points measured on every seed of the reference are
-    chosen. Returns design → {"point", "eligible", "margins",
-    "weighted_margins"}; empty without the reference."""
+    chosen. ``widest``: the design's point with the largest mean margin over every post-hoc cut at its own kNN,
+    whatever its kNN. Returns design → {"point", "eligible", "margins", "weighted_margins", "widest"}; empty without
+    the reference."""
     ref = next((p for p in points if p["curve"] == reference), None)
     if ref is None:
         return {}
@@ -274,8 +275,14 @@ def select(rows: List[dict], points: List[dict], reference: str = "ncl", trained
         best = max(pool, key=lambda p: p["semantic_consistency"] if ok else p["knn_accuracy"])
         own = {name: front for name, front in fronts.items() if design not in
                {c.split("+")[0] for group in front for c in group}}
+        # the design's point furthest above every post-hoc cut at its own kNN, whatever its kNN
+        by_margin = [(paired_margins(rows, point_key(p), {"posthoc": fronts["posthoc"]})["posthoc"], p)
+                     for p in complete if p["design"] == design and _finite(p)]
+        by_margin = [(m, p) for m, p in by_margin if m["n"]]
+        widest = max(by_margin, key=lambda item: item[0]["mean"], default=(None, None))
         out[design] = {"point": best, "eligible": ok, "margins": paired_margins(rows, point_key(best), own),
-                       "weighted_margins": paired_margins(rows, point_key(best), own, "weighted_consistency")}
+                       "weighted_margins": paired_margins(rows, point_key(best), own, "weighted_consistency"),
+                       "widest": {"point": widest[1], "posthoc": widest[0]}}
     return out
 
 

@@ -18,7 +18,9 @@ the test split read once, for the final table.
    threshold, NCL + top-k, all post-hoc cuts together and ``ncl_topk``, each paired by seed at the design's own kNN
    (mean ± std, wins out of n), and the default: the candidate with the largest mean margin over the post-hoc
    front. Writes OUT/frontier.md, OUT/frontier.json, OUT/frontier.png and OUT/selection.json.
-2. *Final* (``--final``): the chosen points and NCL, with ``--final-seeds`` (0–4: the seeds beyond the selection's
+2. *Final* (``--final``): the chosen points (a design without a point within 1 point of NCL: its widest point, the
+   one furthest above the post-hoc cuts; the default: the point ``selection.json`` names) and NCL, with
+   ``--final-seeds`` (0–4: the seeds beyond the selection's
    are trained now), measured on the test split — the first time it is read — into OUT/final.md, OUT/final.json
    and OUT/final.png, with the goal check of the default. The selection is not revisited.
 
@@ -368,11 +370,14 @@ def summary(jobs: List[dict], out: Path, header: str) -> dict:
     candidates = list(dict.fromkeys(j["design"] for j in jobs if j["candidate"]))
     picked = choose_default(chosen, candidates)
     default = picked["design"] if picked else None
-    selection = {design: {"knob_key": knob_keys.get(design), "knob": e["point"]["knob"],
-                          "variant": e["point"]["variant"], "eligible": e["eligible"]}
+    def reported(design, entry):  # a design's point for the final table: within 1 point of NCL, else its widest
+        if design == default:
+            return picked["point"]
+        return entry["point"] if entry["eligible"] or entry["widest"]["point"] is None else entry["widest"]["point"]
+
+    selection = {design: {"knob_key": knob_keys.get(design), "knob": reported(design, e)["knob"],
+                          "variant": reported(design, e)["variant"], "eligible": e["eligible"]}
                  for design, e in chosen.items()}
-    if picked and not picked["within_1pt"]:  # the default is its widest point, not its most accurate one
-        selection[default].update(knob=picked["point"]["knob"], variant=picked["point"]["variant"])
     (out / "selection.json").write_text(json.dumps({"designs": selection, "default": default,
                                                     "default_within_1pt": bool(picked and picked["within_1pt"]),
                                                     "candidates": candidates}, indent=1))
@@ -409,10 +414,11 @@ def summary(jobs: List[dict], out: Path, header: str) -> dict:
 
 # ---------------------------------------------------------------- the final stage (test split, read once)
 def final_designs(designs: Dict[str, dict], selection: dict) -> Dict[str, dict]:
-    """NCL (with its post-hoc cuts) and each selected design at its chosen knob value."""
+    """NCL (with its post-hoc cuts), the trained top-k activation over its whole sweep (both are the fronts a design
+    is compared with at its own kNN) and each other selected design at its chosen knob value."""
     out = {}
     for name, design in designs.items():
-        if name == REFERENCE:
+        if name in (REFERENCE, TRAINED):  # the baselines keep their whole sweep: a front to compare at equal kNN
             out[name] = design
         elif name in selection["designs"]:
             chosen = selection["designs"][name]

@@ -133,7 +133,7 @@ class Config:
                              "0.8 (presets)", default=0.03125, gt=0, lt=1)
     kl_weight: float = _opt("β: weight of the gate KL per view, relative to the mean contrastive loss (0: no gate "
                             "term, the gate still sampled); for exact_k it weighs −H(q), the posterior's entropy "
-                            "(the authors' value is 3e-5: presets)", default=1e-2, ge=0)
+                            "(the authors' value is 3e-5: presets)", default=3e-3, ge=0)
     gate_temperature: float = _opt("temperature T of the relaxed gate sample", default=1.0, gt=0)
     beta_concentration: float = _opt("beta_bernoulli prior: concentration c of the Beta(cπ, c(1 − π)) hyperprior",
                                      default=2.0, gt=0)

@@ -347,14 +347,23 @@ BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "unlabelled_
                "tensorboard")
 
 
+# settings only a gated method reads (its prior, guide and gate term): an ungated run is the same run whatever they are
+GATE_SETTINGS = ("prior_prob", "kl_weight", "gate_temperature", "beta_concentration", "baseline",
+                 "gate_grad_to_backbone", "kl_warmup_epochs", "test_gate", "gate_lr")
+
+
 def changed_settings(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]:
     """The settings (bookkeeping aside) in which a run's saved config.json differs from the settings ``wanted``
     (``Config.to_dict``, resolved). A setting the saved run lacks (written by an older version) counts as its
-    default; a wanted "auto" setting (None, e.g. ``--gpu-augment``) matches whatever the run resolved it to."""
+    default; a wanted "auto" setting (None, e.g. ``--gpu-augment``) matches whatever the run resolved it to; for an
+    ungated run (prior ``none`` in both) the gate's settings (``GATE_SETTINGS``) are not compared, since nothing
+    reads them (a changed default β must not make NCL's finished runs foreign)."""
     meta = {f.name: f for f in fields(Config)}
     auto = {name for name, f in meta.items() if f.metadata.get("shown") == "auto"}
+    ungated = wanted.get("prior") == "none" and saved.get("prior") == "none"
     return sorted(k for k, v in wanted.items()
                   if k not in BOOKKEEPING and not (v is None and k in auto)
+                  and not (ungated and k in GATE_SETTINGS)
                   and saved.get(k, meta[k].default if k in meta else None) != v)
 
 

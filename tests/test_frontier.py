@@ -175,7 +175,11 @@ def test_changed_settings_default_missing_keys_and_accept_a_resolved_auto():
     assert changed_settings(saved, dict(wanted, gpu_augment=True)) == ["gpu_augment"]  # asked for explicitly
     older = {k: v for k, v in saved.items() if k != "test_gate"}  # written before --test-gate existed
     assert changed_settings(older, wanted) == []
-    assert changed_settings(older, dict(wanted, test_gate="mean", temperature=0.5)) == ["temperature", "test_gate"]
+    assert changed_settings(older, dict(wanted, test_gate="mean", temperature=0.5)) == ["temperature"]  # ungated
+    gated = Config(method="bayesncl").resolved().to_dict()
+    assert changed_settings(gated, dict(gated, test_gate="mean", kl_weight=0.5)) == ["kl_weight", "test_gate"]
+    # an ungated run is the same run whatever the gate's settings (nothing reads them)
+    assert changed_settings(dict(wanted, kl_weight=0.01, gate_lr=2.0), wanted) == []
 
 
 def test_frontier_end_to_end(tmp_path):

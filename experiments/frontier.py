@@ -51,8 +51,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, build_parser, config_from_args,  # noqa: E402
-                             changed_settings, read_run_config)
+from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, build_parser, changed_settings,  # noqa: E402
+                             check_setting, config_from_args, read_run_config)
 from pyro_ncl.frontier import (baselines, measure_features, paired_margins, point_key, select,  # noqa: E402
                                summarise, target_consistency, variants)
 
@@ -103,6 +103,31 @@ def load_designs(path: Path, names: Optional[List[str]] = None) -> Dict[str, dic
         if missing:
             raise ValueError(f"--designs {', '.join(missing)}: not in {path} (known: {', '.join(designs)})")
         designs = {n: designs[n] for n in names}
+    return designs
+
+
+def override_knobs(designs: Dict[str, dict], overrides: List[str]) -> Dict[str, dict]:
+    """``--knob DESIGN=V1,V2`` (each once): DESIGN's knob swept over these values (checked as its setting) instead
+    of the file's; one-line errors for a design not selected, one without a knob, or a bad value."""
+    designs = {name: dict(design) for name, design in designs.items()}
+    seen = set()
+    for text in overrides:
+        name, sep, values = text.partition("=")
+        if not sep or not values.strip():
+            raise ValueError(f"--knob must be DESIGN=V1,V2,..., got {text!r}")
+        if name not in designs:
+            raise ValueError(f"--knob {text}: design {name!r} is not among the designs run ({', '.join(designs)})")
+        if name in seen:
+            raise ValueError(f"--knob {text}: design {name!r} is given twice")
+        seen.add(name)
+        if designs[name]["knob"] is None:
+            raise ValueError(f"--knob {text}: design {name!r} has no knob in the designs file")
+        key = designs[name]["knob"][0]
+        try:
+            parsed = [check_setting(key, yaml.safe_load(v.strip())) for v in values.split(",")]
+        except (ValueError, yaml.YAMLError) as err:
+            raise ValueError(f"--knob {text}: {str(err).splitlines()[0]}") from None
+        designs[name]["knob"] = (key, parsed)
     return designs
 
 
@@ -496,6 +521,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder of the frontier (runs/ holds one folder per run)")
     p.add_argument("--designs", default=None, help="comma-separated designs to run (default: all in the file)")
     p.add_argument("--designs-file", default=str(DESIGNS_FILE), help="YAML of designs (default: %(default)s)")
+    p.add_argument("--knob", action="append", default=[], metavar="DESIGN=V1,V2",
+                   help="sweep DESIGN's knob over these values instead of the file's (repeatable; e.g. "
+                        "--knob ncl_topk=4 for a one-point check on another dataset)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the selection stage (default: 0,1,2)")
     p.add_argument("--final", action="store_true", help="the final stage: the selected points and NCL on the test "
                                                         "split, with --final-seeds")
@@ -547,6 +575,7 @@ def main(args, run_args: List[str]) -> dict:
                          "every run)")
     run_args = [*run_args, f"--val-size={args.val_size}"]
     designs = load_designs(Path(args.designs_file), args.designs.split(",") if args.designs else None)
+    designs = override_knobs(designs, args.knob)
     if REFERENCE not in designs:
         raise ValueError(f"the designs must include {REFERENCE!r} (the reference and its post-hoc cuts)")
     out = Path(args.out)

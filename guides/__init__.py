@@ -10,3 +10,4 @@ from guides.exact_k import ExactKGate  # noqa: F401
 from guides.budget_gate import BudgetGate  # noqa: F401
 from guides.relative_gate import RelativeValueGate  # noqa: F401
 from guides.disarm import DisarmGate  # noqa: F401
+from guides.exact_k_aux import ExactKAuxGate  # noqa: F401

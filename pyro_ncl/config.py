@@ -147,6 +147,10 @@ class Config:
     budget_anneal_epochs: Optional[float] = _opt("the top-k activation and the budgeted gates (exact_k, budget_st): "
                                                  "epochs over which the number of kept entries falls linearly from K "
                                                  "to its final k (default: 40%% of --epochs)", default=None, ge=0)
+    aux_weight: float = _opt("exact_k_aux: weight α of the auxiliary top-k term on dead dimensions (CSR's aux-k; "
+                             "Gao et al.'s 1/32)", default=0.03125, ge=0)
+    aux_dead_steps: int = _opt("exact_k_aux: a dimension is dead once no view of this many training batches opened it",
+                               default=20, ge=1)
     kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "
                                    "(0: the full weight from the first step)", default=0.0, ge=0)
     test_gate: str = _opt("gated methods' evaluated features: mode (the hard gate 1[logit > 0]) | mean (the "
@@ -220,6 +224,11 @@ class Config:
         if self.topk is not None and non_neg != "topk":
             raise ValueError(f"--topk sets the top-k activation (--method ncl_topk or --non-neg topk), not "
                              f"--non-neg {non_neg}; a budgeted gate opens round(π·K) gates: set --prior-prob")
+        guide = self.guide or METHODS.get(self.method, {}).get("guide")
+        for name in ("aux_weight", "aux_dead_steps"):
+            if guide != "exact_k_aux" and getattr(self, name) != FIELDS[name].default:
+                raise ValueError(f"--{name.replace('_', '-')} sets the aux-k term of --guide exact_k_aux, not of "
+                                 f"--guide {guide}")
         if self.subset is not None and self.batch_size > self.subset:
             raise ValueError(f"--batch-size {self.batch_size} is larger than --subset {self.subset}")
         if self.eval_subset is not None and self.knn_k > self.eval_subset:

@@ -25,7 +25,7 @@ from pyro_ncl.monitor import GateMonitor
 from pyro_ncl.progress import RunClock, make_progress
 from pyro_ncl.system import ContrastiveSystem
 
-LOG_FIELDS = ["step", "epoch", "loss", "contrastive", "gate_kl", "open_gates", "lr", "images_per_s"]
+LOG_FIELDS = ["step", "epoch", "loss", "contrastive", "gate_kl", "open_gates", "dead_dims", "lr", "images_per_s"]
 
 
 def truncate_log(path: Path, last_step: int) -> None:

@@ -213,6 +213,10 @@ def test_frontier_end_to_end(tmp_path):
     again = _frontier(tmp_path, "--val-size", "500")
     assert again.returncode == 0 and again.stdout.count("done before") == 3, again.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
+    # --knob: a design's knob over other values, in the same folders (here one already run: nothing trains)
+    one = _frontier(tmp_path, "--val-size", "500", "--knob", "gate=0.1")
+    assert one.returncode == 0 and one.stdout.count("done before") == 2 and "[2/2]" in one.stdout, one.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
     # the final stage: the chosen point and NCL on the test split, nothing retrained
     final = _frontier(tmp_path, "--val-size", "500", "--final", "--final-seeds", "0")
     assert final.returncode == 0, final.stderr[-2000:]
@@ -235,5 +239,14 @@ def test_frontier_refuses_bad_designs(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "front" / "runs").exists()
     (tmp_path / "designs.yaml").write_text(DESIGNS)
+    for knob, message in (("gate=1.5", "--knob gate=1.5: --prior-prob must lie in (0, 1), got 1.5"),
+                          ("gate=lots", "--knob gate=lots: --prior-prob must be a number, got the string 'lots'"),
+                          ("ncl=2", "--knob ncl=2: design 'ncl' has no knob in the designs file"),
+                          ("other=2", "--knob other=2: design 'other' is not among the designs run (ncl, gate)"),
+                          ("gate", "--knob must be DESIGN=V1,V2,..., got 'gate'")):
+        result = _frontier(tmp_path, "--knob", knob)
+        assert result.returncode == 2 and message in result.stderr, (knob, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "front" / "runs").exists()
     result = _frontier(tmp_path, "--final")
     assert result.returncode == 2 and "selection.json is missing" in result.stderr

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import TraceGraph_ELBO
 
-from guides import GUIDES, AmortizedGate, ExactBernoulliGate
+from guides import GUIDES, AmortizedGate, ExactBernoulliGate, ExactKGate
 from models import ContrastiveModel
 from models.priors import BernoulliPrior, BetaBernoulliPrior
 from pyro_ncl.batch import EncodedBatch
@@ -173,7 +173,7 @@ def test_probs_and_samples_are_the_guides_own(guide):
     a = system.guide.view_logits(h, z).detach()
     probs, masks = system.guide.probs(h, z).detach(), system.guide.sample_masks(h, 4000, z)
     assert probs.shape == (5, 8) and masks.shape == (4000, 5, 8)
-    if guide == "exact_k":
+    if issubclass(GUIDES[guide], ExactKGate):  # exact_k and exact_k_aux
         k = system.guide.k
         top = torch.zeros_like(a).scatter_(1, torch.topk(a, k, dim=1).indices, 1.0)
         assert torch.equal(system.guide.mode(h, z), top) and torch.equal(masks.sum(-1), torch.full((4000, 5), float(k)))

@@ -66,6 +66,10 @@ CASES = [
     ("unknown flag", ["--no-such-flag", *OVER], "unrecognized arguments: --no-such-flag", False),
     ("topk 1", ["--topk", "1", *OVER], "--topk must be at least 2 (one kept entry leaves a one-hot feature", False),
     ("topk > feature-dim", ["--topk", "200", *OVER], "--topk must lie in [2, --feature-dim 128], got 200", False),
+    ("aux-weight on exact_k", ["--aux-weight", "0.1", *OVER], "--aux-weight sets the aux-k term of --guide "
+     "exact_k_aux, not of --guide exact_k", False),
+    ("aux-dead-steps 0", ["--guide", "exact_k_aux", "--aux-dead-steps", "0", *OVER],
+     "--aux-dead-steps must be at least 1, got 0", False),
     ("test-gate median", ["--test-gate", "median", *OVER], "--test-gate: unknown test-time gate 'median'", False),
     # presets: method settings only, every value checked, named by file and key
     ("preset sets out and overwrite", ["--preset", "{preset_out}"], "sets out, overwrite: a preset holds settings",

@@ -114,3 +114,19 @@ def test_aux_settings_belong_to_exact_k_aux():
         Config(method="bayesncl", aux_weight=0.1).resolved().validate()
     with pytest.raises(ValueError, match="--aux-dead-steps"):
         Config(method="ncl", aux_dead_steps=5).resolved().validate()
+
+
+def test_a_training_step_counts_the_posterior_mode_not_the_sample():
+    """After one training call of the guide the idle counts are 0 exactly on the dimensions in some view's mode
+    (its k largest θ), 1 elsewhere — also where only a sampled mask opened the dimension."""
+    system = system_of("exact_k_aux")
+    batch = batch_of(system)
+    trace = pyro.poutine.trace(system.guide.guide).get_trace(batch)
+    z = F.normalize(batch.z.detach(), dim=1)
+    theta = system.guide.view_logits(batch.h, z).detach()
+    in_mode = np.zeros(K, dtype=bool)
+    for row in theta.numpy():
+        in_mode[np.argsort(-row, kind="stable")[:system.guide.k]] = True
+    assert system.guide.idle_steps.tolist() == [0 if m else 1 for m in in_mode]
+    sampled = (trace.nodes["gate"]["value"] > 0.5).any(0).numpy()
+    assert (sampled & ~in_mode).any()  # the samples opened dimensions the mode never holds: not counted

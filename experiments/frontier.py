@@ -452,6 +452,22 @@ def final_designs(designs: Dict[str, dict], selection: dict) -> Dict[str, dict]:
     return out
 
 
+def reported_points(points: List[dict], selection: dict) -> List[dict]:
+    """The final's points whose margins are reported: for each design but NCL, the point ``selection.json`` names
+    (its knob and test gate); ``ncl_topk`` is measured over its whole sweep (a front), but only its chosen point is
+    reported as the design."""
+    chosen = selection.get("designs", {})
+    out = []
+    for p in points:
+        if p["design"] == REFERENCE:
+            continue
+        pick = chosen.get(p["design"])
+        if pick is not None and (p["knob"], p["variant"]) != (pick["knob"], pick["variant"]):
+            continue
+        out.append(p)
+    return out
+
+
 def final_summary(jobs: List[dict], out: Path, header: str, selection: dict) -> dict:
     rows = collect(jobs, "test")
     chosen_keys = {(d, s["knob"], s["variant"]) for d, s in selection["designs"].items()}
@@ -462,9 +478,7 @@ def final_summary(jobs: List[dict], out: Path, header: str, selection: dict) -> 
     fronts = baselines(REFERENCE, TRAINED)
     ref = next((p for p in points if p["curve"] == REFERENCE), None)
     report = {}
-    for p in points:
-        if p["design"] == REFERENCE:
-            continue
+    for p in reported_points(points, selection):
         own = {k: v for k, v in fronts.items() if p["design"] not in {c.split("+")[0] for g in v for c in g}}
         report[p["design"]] = {"point": p, "eligible": ref is not None and p["knn_accuracy"] >= ref["knn_accuracy"]
                                - 0.01 and p["linear_probe_backbone"] >= ref["linear_probe_backbone"] - 0.01,

@@ -250,3 +250,17 @@ def test_frontier_refuses_bad_designs(tmp_path):
     assert not (tmp_path / "front" / "runs").exists()
     result = _frontier(tmp_path, "--final")
     assert result.returncode == 2 and "selection.json is missing" in result.stderr
+
+
+def test_the_final_reports_each_designs_chosen_point_not_the_last_of_a_sweep():
+    """ncl_topk is measured over its whole sweep in the final (a front), but its reported point is the one the
+    validation split chose (k 6 here), whatever order the sweep comes in; NCL is never a reported design."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import frontier as F
+    points = [{"design": "ncl", "knob": None, "variant": "features"},
+              *({"design": "ncl_topk", "knob": k, "variant": "features"} for k in (3, 4, 6, 8)),
+              {"design": "gate", "knob": 0.1, "variant": "mean"}, {"design": "gate", "knob": 0.1, "variant": "mode"}]
+    selection = {"designs": {"ncl_topk": {"knob": 6, "variant": "features"},
+                             "gate": {"knob": 0.1, "variant": "mode"}}}
+    got = [(p["design"], p["knob"], p["variant"]) for p in F.reported_points(points, selection)]
+    assert got == [("ncl_topk", 6, "features"), ("gate", 0.1, "mode")]

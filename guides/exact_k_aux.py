@@ -49,7 +49,7 @@ class ExactKAuxGate(ExactKGate):
                 "aux_dead_steps": config.aux_dead_steps, "aux_temperature": config.temperature}
 
     def dead(self) -> torch.Tensor:
-        """[K] bool: the dimensions no view has opened in the last ``aux_dead_steps`` training batches."""
+        """[K] bool: the dimensions in no view's posterior mode in the last ``aux_dead_steps`` training batches."""
         return self.idle_steps >= self.aux_dead_steps
 
     def track(self, gate: torch.Tensor) -> None:
@@ -83,7 +83,6 @@ class ExactKAuxGate(ExactKGate):
             pyro.factor("aux_k", self.aux_weight * batch.dataset_views * aux, has_rsample=True)
             self.last_stats["aux_k"] = aux.detach()
         if train:
-            with torch.no_grad():  # the mode: ones on each view's k_t largest θ
-                top = torch.topk(logits, self.budget.now(True), dim=-1).indices
-                self.track(self.scope.to_views(torch.zeros_like(logits).scatter_(-1, top, 1.0), batch))
+            with torch.no_grad():  # the posterior's mode: ones on each view's k_t largest θ
+                self.track(self.scope.to_views(self.posterior(logits).mode, batch))
         self.last_stats["dead_dims"] = self.dead().sum()

@@ -149,9 +149,8 @@ class Config:
                                                  "to its final k (default: 40%% of --epochs)", default=None, ge=0)
     aux_weight: float = _opt("exact_k_aux: weight α of the auxiliary top-k term on dead dimensions (CSR's aux-k; "
                              "Gao et al.'s 1/32)", default=0.03125, ge=0)
-    aux_dead_steps: int = _opt("exact_k_aux: a dimension is dead once it was in no view's posterior mode for this many "
-                               "training batches",
-                               default=20, ge=1)
+    aux_dead_steps: int = _opt("exact_k_aux: a dimension is dead once it was in no view's posterior mode for this "
+                               "many training batches", default=20, ge=1)
     kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "
                                    "(0: the full weight from the first step)", default=0.0, ge=0)
     test_gate: str = _opt("gated methods' evaluated features: mode (the hard gate 1[logit > 0]) | mean (the "

@@ -1,5 +1,6 @@
 """Amortized gate guides: q(m_v | h_v) = Π_d Bernoulli(σ(a_vd)) (or its relaxation) with logits a = gate_head(h)
-from an MLP shaped like the projector on the backbone features h (detached by default, as the authors do).
+from an MLP shaped like the projector on the backbone features h (detached in the authors' presets,
+``--no-gate-grad-to-backbone``; the command line's default lets the gate's gradient reach the encoder).
 
 ``relaxed_st`` (the gate of the authors' presets; the default of --method bayesncl is ``exact_k``). The training
 mask is the hard sample m = 1[a + L > 0], L ~ Logistic(0, 1): *exactly* a Bernoulli(σ(a)) draw at any gate

@@ -3,8 +3,8 @@ Bernoulli posterior amortized from the encoder.
 
     q(m_v | x_v) ∝ Π_d σ(θ_vd)^{m_vd} (1 − σ(θ_vd))^{1 − m_vd} · 1[Σ_d m_vd = k],   θ_v = z_v / s + head(h_v)
 
-(``pyro_ncl.conditional_bernoulli``), with z the normalised non-negative projector output (detached unless
-``--gate-grad-to-backbone``, as h), s > 0 a learned scale and head the gate MLP on h (its last layer starts at 0, so
+(``pyro_ncl.conditional_bernoulli``), with z the normalised non-negative projector output (the gate's gradient
+reaches the encoder through z and h by default; ``--no-gate-grad-to-backbone`` detaches both), s > 0 a learned scale and head the gate MLP on h (its last layer starts at 0, so
 the gate starts as a soft top-k of z). The prior is the model's factorised Bernoulli: ``bernoulli`` (one π) or
 ``beta_bernoulli`` (per-dimension rates ρ_d, inferred). The budget is the prior's: k = max(2, round(π·K)), so
 ``--prior-prob`` sets how many gates a view opens (π 1/32: 4 of 128), and k falls from K to it over

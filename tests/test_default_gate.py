@@ -34,7 +34,7 @@ def test_default_is_the_stochastic_exact_k_gate():
     assert type(system.guide).__name__ == "ExactKGate"
     h, z = torch.randn(5, system.encoder.backbone_dim), torch.rand(5, 16)
     system.eval()
-    assert float(system.guide.entropy(h, z).min()) > 0  # real posterior uncertainty
+    assert float(system.guide.entropy(h, z).detach().min()) > 0  # real posterior uncertainty
     assert len(set(kls)) == len(kls)  # the gate term moves with the posterior: no constant "gate_kl"
 
 
@@ -47,3 +47,20 @@ def test_default_training_depends_on_the_prior_and_on_beta():
     assert not torch.equal(params(base.encoder), params(other_prior.encoder))
     assert not torch.equal(params(base.encoder), params(other_beta.encoder))
     assert not torch.equal(params(base.guide), params(other_beta.guide))
+
+
+def test_the_default_gate_trains_the_encoder_and_the_authors_switch_detaches_it():
+    """By default (design ``exact_k_bb``, chosen on the validation split) the gate's own term reaches the encoder
+    through z; ``--no-gate-grad-to-backbone`` (the authors' presets) leaves the encoder untouched by it."""
+    grads = {}
+    for reach in (True, False):
+        config = Config(width=4, hidden_dim=16, feature_dim=16, gate_grad_to_backbone=reach).resolved()
+        torch.manual_seed(0)
+        system = build_system(config, in_channels=1)
+        h, z = system.encoder(torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(3)))
+        system.guide.entropy(h, z).sum().backward()
+        grads[reach] = [p.grad for p in system.encoder.parameters()]
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in system.guide.parameters())
+    assert Config().gate_grad_to_backbone
+    assert sum(float(g.abs().sum()) for g in grads[True] if g is not None) > 0
+    assert all(g is None or float(g.abs().sum()) == 0 for g in grads[False])

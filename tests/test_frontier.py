@@ -221,7 +221,9 @@ def test_frontier_end_to_end(tmp_path):
     final = _frontier(tmp_path, "--val-size", "500", "--final", "--final-seeds", "0")
     assert final.returncode == 0, final.stderr[-2000:]
     assert stamps == {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
-    chosen = selection["designs"]["gate"]["knob"]
+    # the final reads the latest selection.json: the --knob run above selected among its one value
+    chosen = json.loads((front / "selection.json").read_text())["designs"]["gate"]["knob"]
+    assert chosen == 0.1
     record = json.loads((front / "runs" / "gate" / f"prior_prob={chosen}" / "seed=0" / "frontier.json").read_text())
     assert set(record["splits"]) == {"val", "test"}
     report = (front / "final.md").read_text()

@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pyro_ncl.backends import cpu_model  # noqa: E402
 from pyro_ncl.config import (BOOKKEEPING, FIELD_NAMES, Config, build_parser, changed_settings,  # noqa: E402
                              check_setting, config_from_args, read_run_config)
 from pyro_ncl.frontier import (baselines, measure_features, paired_margins, point_key, select,  # noqa: E402
@@ -563,16 +563,6 @@ def _seeds(text: str, flag: str) -> List[int]:
     if not seeds:
         raise ValueError(f"{flag} is empty")
     return seeds
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(args, run_args: List[str]) -> dict:

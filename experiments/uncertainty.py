@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as nnf  # noqa: E402
 
+from pyro_ncl.backends import cpu_model  # noqa: E402
 from pyro_ncl.checkpoint import CheckpointError  # noqa: E402
 from pyro_ncl.config import BOOKKEEPING, OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
 from pyro_ncl.data import DatasetNotFound  # noqa: E402
@@ -272,16 +272,6 @@ def verdict(scores: Dict[str, Dict[str, dict]]) -> dict:
 # ---------------------------------------------------------------------------------------------------- outputs
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cell(stat: Optional[dict]) -> str:
     if stat is None:
         return "–"
@@ -430,7 +420,7 @@ def main(args) -> dict:
         print(f"{run.path}: {label}, kNN accuracy {records[-1]['knn_accuracy']:.4f}, "
               f"{records[-1]['seconds']:.1f} s", file=sys.stderr)
     groups = summarise(records)
-    header = {"command": command_line(args), "cpu": cpu_name(), "device": str(device),
+    header = {"command": command_line(args), "cpu": cpu_model(), "device": str(device),
               "threads": torch.get_num_threads(), "samples": args.samples, "far": args.far}
     result = {**header, "scores": {n: {"kind": k, "definition": d} for n, (k, d) in definitions().items()},
               "tasks": TASKS, "grid": GRID.round(4).tolist(), "groups": groups, "runs": records}

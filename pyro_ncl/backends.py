@@ -60,6 +60,23 @@ def visible_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU as ``lscpu`` names it, with its family and model when the name alone is vague ("AMD EPYC (family 25
+    model 17)"): times in reports are only comparable on the same CPU. Off Linux: ``platform.processor()``."""
+    import platform
+    fields = {}
+    try:
+        for line in open(cpuinfo).read().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
 def default_num_workers(device) -> int:
     """Loader workers of a folder dataset when ``--num-workers`` is not given: on CUDA this process's share of the
     visible cores (torchrun's LOCAL_WORLD_SIZE processes per machine), one left for the training process, at least

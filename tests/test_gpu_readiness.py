@@ -258,3 +258,14 @@ def test_help_states_the_gpu_defaults():
     assert "--deterministic" in text and "TF32" in text and "cuDNN benchmark" in text
     assert "(default: auto)" in text and "--no-gpu-augment" in text
     assert "on CUDA this process's share of the visible cores" in text and "on with CUDA" in text
+
+
+def test_cpu_model_names_the_first_processor_with_its_family_and_model(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 6\nmodel\t\t: 207\n"
+                    "model name\t: Other\n")
+    assert backends.cpu_model(str(info)) == "AMD EPYC (family 25 model 17)"
+    info.write_text("processor\t: 0\nmodel name\t: Apple M2\n")  # no family/model lines: the name alone
+    assert backends.cpu_model(str(info)) == "Apple M2"
+    assert backends.cpu_model(str(tmp_path / "absent")) != ""  # off Linux: platform's name, never empty

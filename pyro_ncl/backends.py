@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -63,10 +65,9 @@ def visible_cores() -> int:
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU as ``lscpu`` names it, with its family and model when the name alone is vague ("AMD EPYC (family 25
     model 17)"): times in reports are only comparable on the same CPU. Off Linux: ``platform.processor()``."""
-    import platform
     fields = {}
     try:
-        for line in open(cpuinfo).read().splitlines():
+        for line in Path(cpuinfo).read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     except OSError:

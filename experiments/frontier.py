@@ -59,7 +59,7 @@ from pyro_ncl.frontier import (baselines, measure_features, paired_margins, poin
 HERE = Path(__file__).resolve().parent
 RUN_SVI = HERE / "run_svi.py"
 DESIGNS_FILE = HERE / "frontier_designs.yaml"
-MEASURE_VERSION = 2  # bump when what ``measure`` writes changes: older frontier.json files are measured again
+MEASURE_VERSION = 3  # bump when what ``measure`` writes changes: older frontier.json files are measured again
 REFERENCE, TRAINED = "ncl", "ncl_topk"
 COLUMNS = [("knn_accuracy", "kNN"), ("linear_probe_features", "linear (features)"),
            ("linear_probe_backbone", "linear (h)"), ("semantic_consistency", "consistency"),
@@ -131,19 +131,24 @@ def override_knobs(designs: Dict[str, dict], overrides: List[str]) -> Dict[str, 
     return designs
 
 
-def plan(designs: Dict[str, dict], seeds: List[int], out: Path) -> List[dict]:
-    """One job per design × knob value × seed: its folder, run_svi flags and labels; ordered seed by seed, and
-    within a seed knob position by knob position across the designs (every design gets its first runs early)."""
+def plan(designs: Dict[str, dict], seeds: List[int], out: Path, lengths: Optional[List[int]] = None) -> List[dict]:
+    """One job per design × knob value × seed (× training length, with ``lengths``): its folder, run_svi flags and
+    labels; ordered length by length (shortest first), then seed by seed, and within a seed knob position by knob
+    position across the designs (every design gets its first runs early)."""
     jobs = []
-    for name, design in designs.items():
-        key, values = design["knob"] or (None, [None])
-        for position, value in enumerate(values):
-            for seed in seeds:
-                settings = dict(design["flags"], **({key: value} if key else {}), seed=seed)
-                folder = out / "runs" / name / (f"{key}={value}" if key else "") / f"seed={seed}"
-                jobs.append({"design": name, "knob": value, "knob_key": key, "seed": seed, "dir": folder,
-                             "settings": settings, "posthoc": design["posthoc"], "candidate": design["candidate"],
-                             "order": (seeds.index(seed), position)})
+    for epochs in lengths or [None]:
+        for name, design in designs.items():
+            key, values = design["knob"] or (None, [None])
+            for position, value in enumerate(values):
+                for seed in seeds:
+                    settings = dict(design["flags"], **({key: value} if key else {}),
+                                    **({"epochs": epochs} if epochs else {}), seed=seed)
+                    folder = (out / "runs" / name / (f"{key}={value}" if key else "")
+                              / (f"epochs={epochs}" if epochs else "") / f"seed={seed}")
+                    jobs.append({"design": name, "knob": value, "knob_key": key, "seed": seed, "epochs": epochs,
+                                 "dir": folder, "settings": settings, "posthoc": design["posthoc"],
+                                 "candidate": design["candidate"],
+                                 "order": (epochs or 0, seeds.index(seed), position)})
     return sorted(jobs, key=lambda job: job["order"])
 
 
@@ -437,6 +442,90 @@ def summary(jobs: List[dict], out: Path, header: str) -> dict:
     return {"points": points, "chosen": chosen, "default": default}
 
 
+# ---------------------------------------------------------------- the learning curve (training lengths)
+CURVE_COLUMNS = [("knn_accuracy", "kNN"), ("semantic_consistency", "consistency"),
+                 ("weighted_consistency", "weighted cons."), ("active_dims", "active dims"),
+                 ("posterior_entropy", "entropy / image"), ("doubt_entropy", "doubt / image"),
+                 ("uncertain_images", "uncertain images"), ("uncertain_active_images", "uncertain (active) images")]
+
+
+def curve_entries(jobs: List[dict], lengths: List[int]) -> List[dict]:
+    """Per training length and design (NCL first): the point the validation split's selection rule chooses at that
+    length (``pyro_ncl.frontier.select``; NCL: its own features) with its paired margins over the post-hoc cuts of
+    the NCL runs of the same length and over ncl_topk."""
+    entries = []
+    for epochs in lengths:
+        rows = collect([job for job in jobs if job["epochs"] == epochs], "val")
+        points = summarise(rows)
+        ref = next((p for p in points if p["curve"] == REFERENCE), None)
+        if ref is not None:
+            entries.append({"epochs": epochs, "design": REFERENCE, "point": ref, "eligible": True, "margins": {},
+                            "weighted_margins": {}})
+        for design, entry in select(rows, points, REFERENCE, TRAINED).items():
+            entries.append({"epochs": epochs, "design": design, **{k: entry[k] for k in
+                                                                   ("point", "eligible", "margins",
+                                                                    "weighted_margins")}})
+    return entries
+
+
+def learning_curve(jobs: List[dict], out: Path, header: str, lengths: List[int]) -> dict:
+    """OUT/curve.md, curve.json and curve.png: each design's chosen point against the training length."""
+    entries = curve_entries(jobs, lengths)
+    knob_keys = {j["design"]: j["knob_key"] for j in jobs if j["knob_key"]}
+    columns = [(m, label) for m, label in CURVE_COLUMNS if any(e["point"].get(f"{m}_n") for e in entries)]
+    lines = [header.replace("Consistency–accuracy front", "Learning curve"), "",
+             "Each design's chosen point on the **validation split** at each training length (the selection rule of "
+             "frontier.md, applied per length: `epochs=E/frontier.md`), mean ± std over seeds; margins paired by "
+             "seed against the post-hoc cuts of the NCL runs of the same length and against ncl_topk, read at the "
+             "design's own kNN (mean ± std, wins/n). *doubt*: the posterior entropy of the gates on z's non-zero "
+             "entries (the part that changes the features); *entropy − doubt* is spent on gates the budget forces "
+             "open on zeros.", "",
+             "| design | epochs | point | " + " | ".join(label for _, label in columns)
+             + " | vs all post-hoc | vs ncl_topk | weighted vs all post-hoc |",
+             "|---|---|---|" + "---|" * (len(columns) + 3)]
+    for e in sorted(entries, key=lambda e: (list(dict.fromkeys(x["design"] for x in entries)).index(e["design"]),
+                                            e["epochs"])):
+        lines.append(f"| {e['design']} | {e['epochs']} | {point_label(e['point'], knob_keys) or '–'} | "
+                     + " | ".join(_fmt(e["point"], m) for m, _ in columns)
+                     + f" | {_fmt_margin(e['margins'].get('posthoc'))} | {_fmt_margin(e['margins'].get('trained_top_k'))}"
+                       f" | {_fmt_margin(e['weighted_margins'].get('posthoc'))} |")
+    (out / "curve.md").write_text("\n".join(lines) + "\n")
+    (out / "curve.json").write_text(json.dumps({"split": "val", "lengths": lengths, "entries": entries}, indent=1,
+                                               default=str))
+    if entries:
+        plot_curve(entries, out / "curve.png")
+    return {"entries": entries}
+
+
+def plot_curve(entries: List[dict], path: Path) -> None:
+    """Consistency (count-based, weighted) and kNN against the training length, one line per design (mean ± std
+    over seeds); dashed, in the design's colour: the post-hoc cuts' front at the design's own kNN (its consistency
+    minus its mean paired margin)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    panels = [("semantic_consistency", "posthoc", "margins", "semantic consistency"),
+              ("weighted_consistency", "posthoc", "weighted_margins", "activation-weighted consistency"),
+              ("knn_accuracy", None, None, "kNN accuracy")]
+    for i, design in enumerate(dict.fromkeys(e["design"] for e in entries)):
+        mine = sorted((e for e in entries if e["design"] == design), key=lambda e: e["epochs"])
+        x = [e["epochs"] for e in mine]
+        for ax, (metric, front, margins, title) in zip(axes, panels):
+            ys = [e["point"][metric] for e in mine]
+            ax.errorbar(x, ys, yerr=[e["point"][f"{metric}_std"] for e in mine], marker="o", capsize=3,
+                        color=f"C{i}", label=design)
+            if front and design != REFERENCE:
+                level = [y - e[margins][front]["mean"] if e[margins].get(front, {}).get("n") else math.nan
+                         for y, e in zip(ys, mine)]
+                ax.plot(x, level, linestyle="--", color=f"C{i}", alpha=0.7,
+                        label=f"post-hoc cuts at {design}'s kNN")
+            ax.set(xlabel="training epochs", title=title, xscale="log")
+            ax.set_xticks(x, [str(v) for v in x])
+    axes[0].legend(fontsize=7)
+    fig.suptitle("the gate against NCL sparsified after training, as the encoder trains (validation split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- the final stage (test split, read once)
 def final_designs(designs: Dict[str, dict], selection: dict) -> Dict[str, dict]:
     """NCL (with its post-hoc cuts), the trained top-k activation over its whole sweep (both are the fronts a design
@@ -542,6 +631,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--final", action="store_true", help="the final stage: the selected points and NCL on the test "
                                                         "split, with --final-seeds")
     p.add_argument("--final-seeds", default="0,1,2,3,4", help="seeds of the final stage (default: 0,1,2,3,4)")
+    p.add_argument("--lengths", default=None, metavar="E1,E2,...",
+                   help="training lengths (epochs) to sweep: every design is trained at each (runs/…/epochs=E/seed=S),"
+                        " selected per length into OUT/epochs=E/, and the chosen points are drawn as a learning "
+                        "curve (OUT/curve.md, curve.json, curve.png); with --final, the one length whose test split "
+                        "is read")
     p.add_argument("--val-size", type=int, default=10000, help="training images held out as the validation "
                                                                "split of every run (default: 10000)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default: 2)")
@@ -578,24 +672,36 @@ def main(args, run_args: List[str]) -> dict:
         raise ValueError("--val-size belongs before `--` (frontier.py holds out the same validation split in "
                          "every run)")
     run_args = [*run_args, f"--val-size={args.val_size}"]
+    lengths = _seeds(args.lengths, "--lengths") if args.lengths else None
+    if lengths:
+        if any(a == "--epochs" or a.startswith("--epochs=") for a in run_args):
+            raise ValueError("--epochs belongs to --lengths when lengths are swept (give them before `--`)")
+        if min(lengths) < 1:
+            raise ValueError(f"--lengths must be epochs of at least 1, got {args.lengths!r}")
+        if args.final and len(lengths) != 1:
+            raise ValueError(f"--final reads the test split at one training length; give --lengths E, got "
+                             f"{args.lengths!r}")
     designs = load_designs(Path(args.designs_file), args.designs.split(",") if args.designs else None)
     designs = override_knobs(designs, args.knob)
     if REFERENCE not in designs:
         raise ValueError(f"the designs must include {REFERENCE!r} (the reference and its post-hoc cuts)")
     out = Path(args.out)
+    stage = {epochs: out / f"epochs={epochs}" if epochs else out for epochs in lengths or [None]}
     selection = None
     if args.final:
+        path = next(iter(stage.values())) / "selection.json"
         try:
-            selection = json.loads((out / "selection.json").read_text())
+            selection = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            raise ValueError(f"{out / 'selection.json'} is missing or unreadable: run the selection stage first "
+            raise ValueError(f"{path} is missing or unreadable: run the selection stage first "
                              f"(frontier.py --out {out} without --final)") from None
         designs = final_designs(designs, selection)
         seeds, split = _seeds(args.final_seeds, "--final-seeds"), "test"
     else:
         seeds, split = _seeds(args.seeds, "--seeds"), "val"
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = plan(designs, seeds, out)
+    for folder in stage.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    jobs = plan(designs, seeds, out, lengths)
     for job in jobs:  # bad settings are refused before anything runs
         requested_config(job["settings"], run_args)
     command = f"python experiments/frontier.py {' '.join(sys.argv[1:])}"
@@ -613,12 +719,20 @@ def main(args, run_args: List[str]) -> dict:
                     failures.append(str(err))
                     message = f"FAILED: {err}"
                 print(f"[{i}/{len(jobs)}] {job['dir'].relative_to(out)}: {message}", flush=True)
-    if args.final:
-        result = final_summary(jobs, out, header, selection)
-        print((out / "final.md").read_text())
-    else:
-        result = summary(jobs, out, header)
-        print((out / "frontier.md").read_text())
+    result = {}
+    for epochs, folder in stage.items():
+        own = [job for job in jobs if job["epochs"] == epochs]
+        title = f"{header}{f'; {epochs} epochs' if epochs else ''}"
+        if args.final:
+            result[epochs] = final_summary(own, folder, title, selection)
+            print((folder / "final.md").read_text())
+        else:
+            result[epochs] = summary(own, folder, title)
+            print((folder / "frontier.md").read_text())
+    if lengths and not args.final:
+        result["curve"] = learning_curve(jobs, out, header, lengths)
+        print((out / "curve.md").read_text())
+    result = result[None] if not lengths else result
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(jobs)} runs failed; the first: {failures[0]}")
     return result

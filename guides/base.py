@@ -17,7 +17,7 @@ guide also reads z), and the guide's own answers about its posterior, which insp
 ``probs(h, z)`` (σ of it: the test-time gate ``--test-gate mean``), ``mode(h, z)`` (the hard gate
 1[open_logits > 0]: ``--test-gate mode``), ``entropy(h, z)`` (the posterior's entropy per view in nats: the sum of
 the per-gate Bernoulli entropies for a factorised posterior, the exact one for a structured posterior) and
-``sample_masks(h, S, z)`` (S draws of the mask). ``posterior(logits)`` is the per-gate family (batch shape [..., K])
+``sample_masks(h, S, z)`` (S draws of the mask), and ``answers(h, z)`` (mode, probs and entropy at once). ``posterior(logits)`` is the per-gate family (batch shape [..., K])
 of factorised guides, which ``gate_distribution`` makes one event of K gates; a structured posterior (event shape
 [K], e.g. ``exact_k``) overrides ``gate_distribution``. ``make_elbo()`` names the ELBO that trains it
 (``TraceGraph_ELBO`` unless the guide needs its own estimator).
@@ -39,6 +39,7 @@ from pyro.infer import TraceGraph_ELBO
 from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.distributions import weighted
 from pyro_ncl.encoders import mlp
+from pyro_ncl.metrics import EPS as ACTIVE_EPS
 from pyro_ncl.ops import safe_normalize
 from pyro_ncl.registry import Registry
 from pyro_ncl.scopes import GLOBAL, VIEW
@@ -113,6 +114,20 @@ class GateGuide(nn.Module):
         p = self.probs(h, z).double()
         return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)).sum(-1).to(h.dtype)
 
+    def answers(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> dict:
+        """h [N, F], z [N, K] → {"mode": [N, K], "probs": [N, K], "entropy": [N], "doubt_entropy": [N]}: what
+        evaluation reads of the posterior of each view; ``doubt_entropy`` is the entropy of the gates on z's
+        non-zero entries alone (for a factorised posterior, the sum of their per-gate entropies), the part of the
+        posterior's uncertainty that can change a feature. A guide whose posterior is costly to build overrides it
+        to build it once."""
+        probs = self.probs(h, z)
+        out = {"mode": self.mode(h, z), "probs": probs, "entropy": self.entropy(h, z)}
+        if z is not None:
+            p = probs.double()
+            per_gate = -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+            out["doubt_entropy"] = (per_gate * (z.abs() > ACTIVE_EPS)).sum(-1).to(h.dtype)
+        return out
+
     def sample_masks(self, h: torch.Tensor, num_samples: int, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [N, F], z [N, K] → [S, N, K] masks drawn from the guide, as they gate z in training (no gradient)."""
         with torch.no_grad():
@@ -134,9 +149,14 @@ class GateGuide(nn.Module):
         """The ELBO whose ``loss_and_grads(model, guide, *args)`` trains this guide."""
         return TraceGraph_ELBO()
 
-    def closed_form_kl(self, logits: torch.Tensor, prior_probs: torch.Tensor) -> torch.Tensor:
-        """[G, K] logits of the batch's gates → [G] gate terms: Σ_d KL(q ‖ p), or the prior's own term."""
+    def closed_form_kl(self, logits: torch.Tensor, prior_probs: torch.Tensor, posterior=None) -> torch.Tensor:
+        """[G, K] logits of the batch's gates → [G] gate terms: Σ_d KL(q ‖ p), or the prior's own term.
+        ``posterior``: the gate site's distribution on these logits, when the guide can reuse it."""
         return self.prior.gate_kl(logits, prior_probs)
+
+    def gate_stats(self, posterior) -> dict:
+        """Statistics of the batch's posterior worth logging beside the gate KL (none by default)."""
+        return {}
 
     def site_infer(self, batch: EncodedBatch) -> Optional[dict]:
         """Extra ``infer`` options of the gate site (score-function baselines)."""
@@ -158,12 +178,12 @@ class GateGuide(nn.Module):
             with self.scope.plate(batch):
                 gate = pyro.sample("gate", q.mask(not self.analytic_kl), infer=self.site_infer(batch))
                 if self.analytic_kl:
-                    kl = self.closed_form_kl(logits, prior.probs)
+                    kl = self.closed_form_kl(logits, prior.probs, q)
                     pyro.factor("gate_kl", kl, has_rsample=True)
                 else:
                     with torch.no_grad():  # only logged: Pyro scores the site itself
                         kl = q.log_prob(gate) - prior.log_prob(gate).sum(-1)  # the Monte-Carlo estimate
         open_gates = (self.mask(gate.detach()) > 0.5).float().mean()
-        self.last_stats = {"gate_kl": kl.detach().mean(), "open_gates": open_gates}
+        self.last_stats = {"gate_kl": kl.detach().mean(), "open_gates": open_gates, **self.gate_stats(q)}
         return gate
 

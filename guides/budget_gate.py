@@ -43,10 +43,12 @@ class Budgeted:
     max(2, round(π·K)) of the prior with its curriculum (``pyro_ncl.budget.Budget``), a learned scale s > 0 of the
     value term z / s, and a gate head whose last layer starts at 0 (so the gate starts from z alone)."""
 
-    def init_budget(self, prior, feature_dim: int, anneal_epochs: float, name: str) -> None:
+    def init_budget(self, prior, feature_dim: int, anneal_epochs: float, name: str, schedule: str = "geometric",
+                    start: Optional[int] = None) -> None:
         if not hasattr(prior, "prior_prob"):
             raise ValueError(f"--guide {name} takes its budget from a Bernoulli prior's π, got {type(prior).__name__}")
-        self.budget = Budget(feature_dim, budget_from_prior(prior.prior_prob, feature_dim), anneal_epochs)
+        self.budget = Budget(feature_dim, budget_from_prior(prior.prior_prob, feature_dim), anneal_epochs, schedule,
+                             start)
         self.raw_scale = nn.Parameter(torch.tensor(math.log(math.expm1(SCALE_INIT))))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
@@ -54,7 +56,8 @@ class Budgeted:
     @classmethod
     def options(cls, config) -> dict:
         anneal = config.budget_anneal_epochs
-        return {"anneal_epochs": anneal if anneal is not None else default_anneal_epochs(config.epochs)}
+        return {"anneal_epochs": anneal if anneal is not None else default_anneal_epochs(config.epochs),
+                "schedule": config.budget_schedule, "start": config.budget_start}
 
     @property
     def k(self) -> int:
@@ -78,9 +81,10 @@ class Budgeted:
 @GUIDES.register("budget_st")
 class BudgetGate(Budgeted, AmortizedGate):
 
-    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0, **kwargs):
+    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0,
+                 schedule: str = "geometric", start: Optional[int] = None, **kwargs):
         super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
-        self.init_budget(prior, feature_dim, anneal_epochs, "budget_st")
+        self.init_budget(prior, feature_dim, anneal_epochs, "budget_st", schedule, start)
 
     def view_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [N, F], normalised z [N, K] → a [N, K] = (z − t_k(z)) / s + head(h), in fp32."""

@@ -43,7 +43,7 @@ class ThresholdGate(GateGuide):
         hard = (soft > 0.5).to(soft.dtype)
         return dist.Delta(hard + (soft - soft.detach()))
 
-    def closed_form_kl(self, logits, prior_probs):
+    def closed_form_kl(self, logits, prior_probs, posterior=None):
         """[..., K] → [...] Σ_d KL(q_d ‖ π) with q = σ(a/T) and π each clamped to [0.01, 0.99]."""
         q, pi = self.soft(logits).clamp(*CLAMP), prior_probs.clamp(*CLAMP)
         return (q * (q / pi).log() + (1 - q) * ((1 - q) / (1 - pi)).log()).sum(-1)

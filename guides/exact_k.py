@@ -33,18 +33,20 @@ import torch
 from guides.base import GUIDES, GateGuide
 from guides.budget_gate import Budgeted
 from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
+from pyro_ncl.metrics import EPS as ACTIVE_EPS
 
 
 @GUIDES.register("exact_k")
 class ExactKGate(Budgeted, GateGuide):
     factorised_prior_only = True  # the closed-form KL is that of a product of Bernoulli(ρ_d)
 
-    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0, **kwargs):
+    def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0,
+                 schedule: str = "geometric", start: Optional[int] = None, **kwargs):
         super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
         if not getattr(prior, "factorised", True):
             raise ValueError(f"--guide exact_k needs a factorised Bernoulli prior (bernoulli or beta_bernoulli), "
                              f"got {type(prior).__name__}")
-        self.init_budget(prior, feature_dim, anneal_epochs, "exact_k")
+        self.init_budget(prior, feature_dim, anneal_epochs, "exact_k", schedule, start)
 
     def view_logits(self, h: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         """h [N, F], normalised z [N, K] → θ [N, K] = z / s + head(h), in fp32."""
@@ -57,9 +59,16 @@ class ExactKGate(Budgeted, GateGuide):
     def gate_distribution(self, logits):
         return self.posterior(logits)
 
-    def closed_form_kl(self, logits, prior_probs):
-        """[G, K] θ → [G] KL(q ‖ Π_d Bernoulli(ρ_d)) exactly (see the module docstring)."""
-        return self.posterior(logits).kl_to_bernoulli(prior_probs)
+    def closed_form_kl(self, logits, prior_probs, posterior=None):
+        """[G, K] θ → [G] KL(q ‖ Π_d Bernoulli(ρ_d)) exactly (see the module docstring), from the gate site's own
+        posterior when given (its tables are built once per step)."""
+        return (posterior if posterior is not None else self.posterior(logits)).kl_to_bernoulli(prior_probs)
+
+    def gate_stats(self, posterior) -> dict:
+        """The posterior's entropy per view (the part of the KL the model learns: for one π the rest,
+        −k_t log π − (K − k_t) log(1 − π), is the budget schedule's constant) and the budget k_t."""
+        return {"gate_entropy": posterior.entropy().detach().mean(),
+                "budget": torch.tensor(float(posterior.k), device=posterior.logits.device)}
 
     # ---- the guide's answers about its posterior
     def probs(self, h, z=None):
@@ -77,3 +86,10 @@ class ExactKGate(Budgeted, GateGuide):
     def entropy(self, h, z=None):
         """[N] the exact entropy of the exactly-k posterior (nats)."""
         return self.posterior(self.view_logits(h, z)).entropy()
+
+    def answers(self, h, z=None):
+        """mode, marginals and entropy from one posterior (one set of tables), and the entropy of the gates on z's
+        non-zero entries alone (``ConditionalBernoulli.entropy_within``)."""
+        q = self.posterior(self.view_logits(h, z))
+        return {"mode": q.mode, "probs": q.marginals, "entropy": q.entropy(),
+                "doubt_entropy": q.entropy_within(z.abs() > ACTIVE_EPS)}

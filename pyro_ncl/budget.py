@@ -5,8 +5,19 @@ curriculum.
                               gates its Bernoulli(π) prior expects (so ``--prior-prob`` sets the budget), at least
                               2;
     default_topk(K)           K/32 rounded, at least 2 (4 of K = 128): the top-k activation's default;
-    Budget(K, k, E)           the curriculum: during training k_t falls linearly from K to k over the first E
-                              epochs (then stays at k); in evaluation mode k.
+    default_budget_start(K, k)  where the curriculum starts: min(K, max(64, 3k)) (64 as CSRv2 anneals from; 3k at
+                              large K, where a wider budget costs the exactly-k gate more than its final one);
+    SCHEDULES                 how k_t falls from the start to k as the fraction f of the anneal done grows:
+                              ``geometric`` k_t = start · (k / start)^f (the default), ``linear`` start − (start − k)·f,
+                              each rounded up;
+    Budget(K, k, E, schedule, start)
+                              the curriculum: during training k_t falls from ``start`` to k over the first E epochs
+                              (then stays at k); in evaluation mode k.
+
+The exactly-k gate's work per view is O(K · min(k_t, K − k_t)), so the curriculum sets what the anneal costs: at
+K = 2048, k = 64, a step during a linear fall from K costs on average about 10× a step at the final budget, a
+geometric fall from K about 7×, the default (geometric from 3k = 192) under 2× (``experiments/bench_gate.py``
+measures it).
 
 k = 1 is refused everywhere: normalize(z ⊙ m) with one kept entry is one-hot whatever z is, and NT-Xent then has no
 gradient for the encoder at all.
@@ -14,6 +25,13 @@ gradient for the encoder at all.
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
+
+from pyro_ncl.registry import Registry
+
+SCHEDULES: Registry[Callable[[int, int, float], float]] = Registry("budget schedule")
+SCHEDULES.register("geometric")(lambda start, k, f: start * (k / start) ** f)
+SCHEDULES.register("linear")(lambda start, k, f: start - (start - k) * f)
 
 
 def check_budget(k: int, feature_dim: int, what: str) -> int:
@@ -40,18 +58,34 @@ def default_anneal_epochs(epochs: int) -> float:
     return 0.4 * epochs
 
 
-class Budget:
-    """k_t = ⌈K − (K − k) · min(1, epochs done / anneal epochs)⌉ in training (``set_progress``), k in evaluation."""
+def default_budget_start(feature_dim: int, k: int) -> int:
+    """min(K, max(64, 3k))."""
+    return min(feature_dim, max(64, 3 * k))
 
-    def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0):
+
+class Budget:
+    """k_t = ⌈schedule(start, k, min(1, epochs done / anneal epochs))⌉ in training (``set_progress``; k when
+    ``anneal_epochs`` is 0), k in evaluation."""
+
+    def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0, schedule: str = "geometric",
+                 start: Optional[int] = None):
         if anneal_epochs < 0:
             raise ValueError(f"--budget-anneal-epochs must be >= 0, got {anneal_epochs}")
-        self.feature_dim, self.k, self.anneal_epochs = feature_dim, k, anneal_epochs
-        self.current_k = k
+        start = default_budget_start(feature_dim, k) if start is None else start
+        if not k <= start <= feature_dim:
+            raise ValueError(f"--budget-start must lie in [{k}, --feature-dim {feature_dim}] (from the final budget "
+                             f"k = {k} to every dimension), got {start}")
+        self.feature_dim, self.k, self.anneal_epochs, self.start = feature_dim, k, anneal_epochs, start
+        self.schedule = SCHEDULES[schedule]
+        self.current_k = k  # until the trainer sets the progress
+
+    def at(self, frac: float) -> int:
+        """k_t when the fraction ``frac`` of the anneal is done."""
+        frac = min(1.0, max(0.0, frac))
+        return min(self.start, max(self.k, math.ceil(self.schedule(self.start, self.k, frac) - 1e-9)))
 
     def set_progress(self, epochs_done: float) -> None:
-        frac = min(1.0, epochs_done / self.anneal_epochs) if self.anneal_epochs > 0 else 1.0
-        self.current_k = max(self.k, math.ceil(self.feature_dim - (self.feature_dim - self.k) * frac - 1e-9))
+        self.current_k = self.at(epochs_done / self.anneal_epochs if self.anneal_epochs > 0 else 1.0)
 
     def now(self, training: bool) -> int:
         """k_t while training, k otherwise."""

@@ -3,22 +3,30 @@
     q(m | θ) = Π_d σ(θ_d)^{m_d} (1 − σ(θ_d))^{1 − m_d} · 1[Σ_d m_d = k] / P(Σ_d m_d = k)
              = exp(θ·m) / e_k(exp θ)                   on masks m ∈ {0,1}^K with exactly k ones,
 
-e_k the k-th elementary symmetric polynomial. Everything follows from the table of log e_j over prefixes of the
-dimensions, F[i, j] = log e_j(exp θ_1, …, exp θ_i) (j = 0 … k), filled by the recursion
-F[i, j] = logaddexp(F[i − 1, j], θ_i + F[i − 1, j − 1]) in log space, O(K·k):
-    log Z = F[K, k];
-    marginals μ_d = q(m_d = 1) = ∂ log Z / ∂θ_d = exp(θ_d + log Σ_j e_j(prefix < d) e_{k−1−j}(suffix > d) − log Z),
-        from the prefix table and the same table over the reversed dimensions (Σ_d μ_d = k);
-    exact sampling, last dimension first: q(m_i = 1 | r ones left among dimensions 1 … i) =
-        exp(θ_i + F[i − 1, r − 1] − F[i, r]);
-    entropy H = log Z − θ·μ;  log q(m) = θ·m − log Z;
-    mode: the k largest θ_d (the most probable mask);
-    KL to a factorised Bernoulli(ρ) prior: every mask of the support has k ones, so
-        KL(q ‖ p) = −H − Σ_d [μ_d log ρ_d + (1 − μ_d) log(1 − ρ_d)], for one ρ = π: −H − k log π − (K − k) log(1 − π).
-Adding a constant to every θ_d changes nothing: the tables are computed on θ − c with c the midpoint of each row's
-k-th and (k + 1)-th largest logits (log Z = log Z(θ − c) + k·c), which keeps the float32 tables accurate for the
-logits of a run (|θ| up to a few tens). For k > K/2 the tables are those of the complement (the K − k closed gates,
-logits −θ), so a table is never wider than min(k, K − k) + 1.
+e_k the k-th elementary symmetric polynomial. Everything is computed over a balanced binary tree of the dimensions
+(K padded to a power of two P with dimensions of weight 0), in ⌈log₂ K⌉ levels, O(K·k) work:
+
+* **inside** (upward): each node holds U[j] = log e_j(its dimensions), j = 0 … min(k, size); a leaf is
+  (0, θ_d), a parent the log-space convolution of its children, U_p[r] = log Σ_j exp(U_a[j] + U_b[r − j]),
+  truncated at degree k; the root gives log Z = log e_k(exp θ);
+* **outside** (downward): each node holds O[j] = log e_{k−j}(the dimensions outside it); the root's is 0 at j = k;
+  a child's is O_a[j] = log Σ_l exp(O_p[j + l] + U_b[l]) (and symmetrically for the right child). The marginals
+  are μ_d = exp(θ_d + O_d[1] − log Z) = ∂ log Z / ∂θ_d (Σ_d μ_d = k), differentiable (their gradient is the
+  Hessian of log Z, what SIMPLE's estimator needs);
+* **exact sampling** (downward): the root holds k ones; a node with r ones gives j of them to its left child with
+  probability exp(U_a[j] + U_b[r − j] − U_p[r]) (one uniform per internal node, P − 1 per draw, inverse CDF);
+* entropy H = log Z − θ·μ (clamped at 0 against rounding: H ≥ 0), log q(m) = θ·m − log Z;
+* mode: the k largest θ_d (the most probable mask);
+* KL to a factorised Bernoulli(ρ) prior: every mask of the support has k ones, so
+  KL(q ‖ p) = −H − Σ_d [μ_d log ρ_d + (1 − μ_d) log(1 − ρ_d)], for one ρ = π: −H − k log π − (K − k) log(1 − π).
+
+Each level is a handful of batched tensor operations, so a table costs O(log K) kernel launches whatever K
+(``experiments/bench_gate.py`` counts them). Accuracy: the tables are computed in float64 (``COMPUTE_DTYPE``) on
+logits centred per row (c, the midpoint of the row's k-th and (k + 1)-th largest logits; q ignores a constant added
+to every θ_d), and the results are returned in the logits' dtype: log Z, μ, H and the KL of float32 logits agree
+with a float64 computation to rounding of the result (``tests/test_conditional_bernoulli.py``). For k > K/2 the
+tree is that of the complement (the K − k closed gates, logits −θ), so a table is never wider than
+min(k, K − k) + 1.
 
 ``rsample`` is SIMPLE's estimator: the exact discrete sample forward, the gradient of the marginals backward
 (m + μ − stop_gradient(μ)). It is biased (``tests/test_conditional_bernoulli.py`` measures the bias on a problem
@@ -28,37 +36,190 @@ Shapes: logits [..., K] (batch shape [...], event shape [K]); samples [S, ..., K
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import List, Optional, Tuple
 
 import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
+from torch.autograd.function import once_differentiable
 from torch.distributions.utils import lazy_property
 
-NEG = -1e30  # log 0 that keeps logaddexp and its gradient finite (exp(NEG − x) underflows to exactly 0)
+NEG = -1e30  # log 0 that keeps logsumexp and its gradient finite (exp(NEG − x) underflows to exactly 0)
+COMPUTE_DTYPE = torch.float64  # the tables' precision (float32 tables lose the entropy at large K or logits)
 
 
-def log_esp_table(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """logits [..., K] → [K + 1, ..., k + 1] with entry [i, ..., j] = log e_j(exp θ_1, …, exp θ_i)."""
-    row = logits.new_full(logits.shape[:-1] + (k + 1,), NEG)
-    row[..., 0] = 0.0
-    rows = [row]
-    pad = logits.new_full(logits.shape[:-1] + (1,), NEG)
-    for i in range(logits.shape[-1]):
-        row = torch.logaddexp(row, torch.cat([pad, row[..., :-1]], -1) + logits[..., i:i + 1])
-        rows.append(row)
-    return torch.stack(rows)
+# ---------------------------------------------------------------- the tree (working logits t [..., K])
+# Tables (log-coefficients, their maxima) are float64; the softmax weights of each log-sum-exp — numbers in [0, 1],
+# whose exponentials are most of the work — are in the logits' precision (float32 in training, float64 for
+# float64 logits). Every level is a few batched operations: its terms are views (``unfold``) of its small tables
+# padded with log 0, added in one broadcast.
+@functools.lru_cache(maxsize=None)
+def _root_outside(k: int, device: torch.device) -> torch.Tensor:
+    """[1, k + 1] O_root[j] = log e_{k−j}(no dimension): 0 at j = k, log 0 elsewhere."""
+    return torch.where(torch.arange(k + 1, device=device) == k, 0.0, NEG).to(COMPUTE_DTYPE)[None]
 
 
-def _marginals(logits: torch.Tensor, prefix: torch.Tensor, k: int) -> torch.Tensor:
-    """μ [..., K] from the prefix table of ``logits`` and the table of the reversed logits."""
-    K = logits.shape[-1]
-    suffix = log_esp_table(logits.flip(-1), k)[:K].flip(0)  # [i] = log e_j of the dimensions after i
-    pairs = prefix[:K, ..., :k] + suffix[..., :k].flip(-1)  # [i, ..., j]: e_j(before i) · e_{k−1−j}(after i)
-    log_mu = torch.logsumexp(pairs, -1) + logits.movedim(-1, 0) - prefix[K, ..., k]
-    return log_mu.exp().movedim(0, -1)
+@functools.lru_cache(maxsize=None)
+def _column_offsets(rows: int, width: int, device: torch.device) -> torch.Tensor:
+    """[rows] i · width: where row i of a flattened [rows, width] table starts."""
+    return torch.arange(rows, device=device) * width
 
 
+def _lse(terms: torch.Tensor, dim: int, weight_dtype: torch.dtype):
+    """log Σ exp along ``dim`` of finite float64 ``terms`` → (result (float64, keepdim), the softmax weights
+    p = exp(terms − lse) in ``weight_dtype``, the split entropy −Σ p log p (keepdim) when ``entropy``)."""
+    top = terms.amax(dim, keepdim=True)
+    log_weights = torch.sub(terms, top, out=torch.empty(terms.shape, dtype=weight_dtype, device=terms.device))
+    weights = log_weights.exp()
+    log_total = weights.sum(dim, keepdim=True, dtype=COMPUTE_DTYPE).log()
+    weights.div_(log_total.exp().to(weight_dtype))
+    return log_total + top, weights, log_weights, log_total
+
+
+def _up_terms(table: torch.Tensor, w: int, pad: float) -> torch.Tensor:
+    """Children ``table`` [..., 2n, w_c] → [..., n, w_c, w]: entry [i, r] = U_a[j] + U_b[r − j] with j = w_c − 1 − i
+    (the summands of their parents' U_p[r] = log Σ_j exp(U_a[j] + U_b[r − j]), j in reverse order), ``pad`` where
+    r − j is out of range: U_b[r − j] is window i of U_b padded by w_c − 1 on the left."""
+    w_child = table.shape[-1]
+    left, right = table[..., 0::2, :], table[..., 1::2, :]
+    windows = torch.nn.functional.pad(right, (w_child - 1, w - w_child), value=pad).unfold(-1, w, 1)
+    return windows + left.flip(-1).unsqueeze(-1)
+
+
+def _down_terms(parent: torch.Tensor, table: torch.Tensor, pad: float) -> torch.Tensor:
+    """The parents' outside tables [..., n, w_p] and the children's inside tables [..., 2n, w_c] → [..., n, 2, w_c,
+    w_c]: entry [s, x, y] = O_p[x + y] + U_sibling[y], the summands of child s's outside table O_s[x] (left child
+    first), ``pad`` where x + y ≥ w_p."""
+    w_child = table.shape[-1]
+    extra = 2 * w_child - 1 - parent.shape[-1]
+    if extra > 0:
+        parent = torch.nn.functional.pad(parent, (0, extra), value=pad)
+    spread = parent.unfold(-1, w_child, 1)[..., :w_child, :]  # [x, y] = O_p[x + y]
+    siblings = table.unflatten(-2, (-1, 2)).flip(-2)  # [..., n, 2, w_c]: the right child's table, then the left's
+    return spread.unsqueeze(-3) + siblings.unsqueeze(-2)
+
+
+class Tree:
+    """The tables of a batch of working problems, k ≥ 1 ones among t [..., K], over a balanced binary tree of the
+    dimensions (padded with dimensions of weight 0 to P = 2^⌈log₂ K⌉), computed without autograd:
+
+    * ``levels``: inside tables, leaves first, level i [..., P / 2^i, min(k, 2^i) + 1] (float64); ``log_z`` [...];
+      the up pass's weights ``up``, p(j | r) = exp(U_a[j] + U_b[r − j] − U_p[r]) (the split of a node's r ones
+      between its children), and each node's split entropy h[r] = −Σ_j p(j | r) log p(j | r);
+    * ``outside()``: the down pass: μ [..., K] = exp(t_d + O_d[1] − log Z) and the entropy H [...] = Σ over nodes
+      Σ_r P(node holds r) · h[r] (the chain rule of the top-down sampler: a sum of non-negative terms, so H ≥ 0
+      and accurate however large log Z and θ·μ are);
+    * ``tangent(v)``: the derivative of μ along v, Hess(log Z) · v (forward mode through both passes, with their
+      weights): the backward pass of ``_Tables``;
+    * ``draw(u)``: exact draws, top-down, with the up pass's weights.
+    """
+
+    def __init__(self, t: torch.Tensor, k: int, weight_dtype: torch.dtype):
+        self.k, self.num_dims, self.weight_dtype = k, t.shape[-1], weight_dtype
+        pad = (1 << (t.shape[-1] - 1).bit_length()) - t.shape[-1]
+        t = torch.nn.functional.pad(t.to(COMPUTE_DTYPE), (0, pad), value=NEG) if pad else t.to(COMPUTE_DTYPE)
+        table = torch.stack([torch.zeros_like(t), t], -1)  # a padded dimension, (0, NEG), is never chosen
+        self.levels, self.up, size = [table], [], 1
+        while table.shape[-2] > 1:
+            size *= 2
+            table, weights, log_weights, log_total = _lse(_up_terms(table, min(k, size) + 1, NEG), -2,
+                                                          weight_dtype)
+            split = (log_total - (weights * log_weights).sum(-2, keepdim=True, dtype=COMPUTE_DTYPE))
+            table = table.view(table.shape[:-2] + table.shape[-1:])
+            self.levels.append(table)
+            self.up.append((weights, split.squeeze(-2)))
+        self.log_z = table[..., 0, k]
+
+    def outside(self, root: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(μ [..., K], H [...]) from the down pass (its weights kept for ``tangent``). ``root``: instead of exactly
+        k ones, a law over the root's count, log P(c) [..., k + 1] (log 0 as NEG): then μ and H are those of the
+        mixture over c of the exactly-c laws, H given c (the count's own entropy left out)."""
+        if root is None:
+            out, log_z = _root_outside(self.k, self.log_z.device), self.log_z[..., None, None]
+        else:  # O_root[c] = log P(c) − U_root[c], log 0 where c is impossible
+            top, root = self.levels[-1], root.unsqueeze(-2)  # [..., 1, k + 1]
+            out = torch.where((root > NEG / 2) & (top > NEG / 2), root - top, NEG)
+            log_z = torch.zeros_like(self.log_z)[..., None, None]
+        self.down = []
+        entropy = []
+        for level in range(len(self.levels) - 1, 0, -1):
+            parent, table, (_, split) = self.levels[level], self.levels[level - 1], self.up[level - 1]
+            entropy.append(((parent + out - log_z).exp() * split).flatten(-2))  # P(node holds r) · h[r]
+            out, weights, _, _ = _lse(_down_terms(out, table, NEG), -1, self.weight_dtype)
+            self.down.append(weights)
+            out = out.view(out.shape[:-4] + (-1, table.shape[-1]))
+        mu = (self.levels[0][..., 1] + out[..., 1] - log_z[..., 0]).exp()[..., :self.num_dims]
+        return mu, torch.cat(entropy, -1).sum(-1).clamp(min=0)
+
+    def tangent(self, v: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """[..., K] v → [..., K] dμ = Σ_e ∂μ/∂t_e v_e (each log-sum-exp's tangent is the softmax-weighted sum of its
+        terms' tangents), in the weights' precision."""
+        v = v.to(self.weight_dtype)
+        pad = self.levels[0].shape[-2] - v.shape[-1]
+        padded = torch.nn.functional.pad(v, (0, pad)) if pad else v
+        table = torch.stack([torch.zeros_like(padded), padded], -1)
+        tangents = [table]
+        for (weights, _), parent in zip(self.up, self.levels[1:]):
+            table = (weights * _up_terms(table, parent.shape[-1], 0.0)).sum(-2)
+            tangents.append(table)
+        d_log_z = table[..., 0, self.k:self.k + 1]
+        out = torch.zeros_like(tangents[-1])
+        for weights, table in zip(self.down, reversed(tangents[:-1])):
+            out = (weights * _down_terms(out, table, 0.0)).sum(-1).flatten(-3, -2)
+        return mu * (v + out[..., :self.num_dims, 1] - d_log_z)
+
+    def draw(self, u: torch.Tensor) -> torch.Tensor:
+        """Exact draws for uniforms u [S, ..., P − 1] (one per internal node: the root's, then level by level) →
+        counts [S, ..., K] in {0, 1} with exactly k ones: a node holding r ones gives its left child j of them
+        with probability p(j | r), the up pass's weights (inverse CDF)."""
+        counts = torch.full(u.shape[:-1] + (1,), self.k, dtype=torch.long, device=u.device)
+        u, start = u.to(self.weight_dtype), 0
+        for weights, _ in reversed(self.up):  # weights [..., n, w_c, w_p]: [i, r], j = w_c − 1 − i
+            n, w_child, w_parent = weights.shape[-3:]
+            flat = weights.flatten(-2).expand(counts.shape + (w_child * w_parent,))
+            column = flat.gather(-1, counts.unsqueeze(-1) + _column_offsets(w_child, w_parent, u.device))
+            cdf = column.cumsum(-1)  # over j from its largest value down
+            # the count of cdf entries ≤ u·total is a possible share: the cdf is 0 before the first possible one
+            # and flat (= total) from the last one on
+            drawn = (cdf <= u[..., start:start + n, None] * cdf[..., -1:]).sum(-1)
+            left = (w_child - 1) - drawn
+            counts = torch.stack([left, counts - left], -1).flatten(-2)
+            start += n
+        return counts[..., :self.num_dims]
+
+
+class _Tables(torch.autograd.Function):
+    """(working logits t [..., K] (float64), k, the weights' dtype, holder) → (log Z [...], μ [..., K], H [...])
+    (float64) with the exact gradient:
+    backward(g, G, g_H) = Hess(log Z) · (G − g_H t) + g μ (∂H/∂t = −Hess(log Z) t, since H = log Z − t·μ), the
+    Hessian-vector product by a tangent pass over the tree (what SIMPLE's estimator and the KL need). The ``Tree``
+    is left in ``holder["tree"]`` for the sampler."""
+
+    @staticmethod
+    def forward(ctx, t, k, weight_dtype, holder):
+        tree = Tree(t.detach(), k, weight_dtype)
+        mu, entropy = tree.outside()
+        holder["tree"] = tree
+        ctx.tree, ctx.t = tree, t.detach()
+        ctx.save_for_backward(mu)
+        return tree.log_z, mu, entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_log_z, g_mu, g_entropy):
+        (mu,) = ctx.saved_tensors
+        v = g_mu if g_mu is not None else torch.zeros_like(mu)
+        if g_entropy is not None:
+            v = v - g_entropy.unsqueeze(-1) * ctx.t
+        grad = ctx.tree.tangent(v, mu).to(mu.dtype)
+        if g_log_z is not None:
+            grad = grad + g_log_z.unsqueeze(-1) * mu
+        return grad.to(ctx.t.dtype), None, None, None
+
+
+# ---------------------------------------------------------------- the distribution
 class ConditionalBernoulli(dist.TorchDistribution):
     """Masks m ∈ {0,1}^K with exactly ``k`` ones, q(m) ∝ exp(logits · m) (see the module docstring)."""
 
@@ -68,10 +229,19 @@ class ConditionalBernoulli(dist.TorchDistribution):
 
     def __init__(self, logits: torch.Tensor, k: int, validate_args=None):
         K = logits.shape[-1]
-        if not 0 <= k <= K:
-            raise ValueError(f"k must lie in [0, {K}] (the number of dimensions), got {k}")
+        if isinstance(k, bool) or int(k) != k or not 0 <= k <= K:
+            raise ValueError(f"ConditionalBernoulli: k must be an integer in [0, {K}] (the number of dimensions), "
+                             f"got {k}")
         self.logits, self.k = logits, int(k)
-        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+        validate = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
+        self._validate_args = validate
+        if validate:  # reads the logits back to the host: only with validation on (run_svi turns it off)
+            bad = ~torch.isfinite(logits)
+            if bad.any():
+                where = tuple(int(i) for i in bad.nonzero()[0])
+                raise ValueError(f"ConditionalBernoulli: logits must be finite, got {float(logits[where])} at "
+                                 f"index {list(where)}")
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ConditionalBernoulli, _instance)
@@ -81,48 +251,93 @@ class ConditionalBernoulli(dist.TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    # ---- tables (of the complement when k > K/2: k' = K − k closed gates with logits −θ), on centred logits
+    # ---- the working problem: k' ones among the centred logits (the complement's when k > K/2), padded to P
     @property
     def _complement(self) -> bool:
         return 2 * self.k > self.logits.shape[-1]
 
+    @property
+    def _working_k(self) -> int:
+        return self.logits.shape[-1] - self.k if self._complement else self.k
+
+    @property
+    def num_uniforms(self) -> int:
+        """Uniforms one draw takes (``from_uniforms``): one per internal node of the tree, P − 1."""
+        return (1 << (self.logits.shape[-1] - 1).bit_length()) - 1
+
     @lazy_property
     def _shift(self) -> torch.Tensor:
-        """[..., 1] c: the midpoint of each row's k-th and (k + 1)-th largest logits (no gradient: q ignores it)."""
+        """[..., 1] c: the midpoint of each row's k-th and (k + 1)-th largest logits (no gradient: q ignores it),
+        in the compute dtype."""
         K = self.logits.shape[-1]
         with torch.no_grad():
+            logits = self.logits.to(COMPUTE_DTYPE)
             if self.k in (0, K):
-                return self.logits.mean(-1, keepdim=True)
-            top = torch.topk(self.logits, self.k + 1, dim=-1).values
+                return logits.mean(-1, keepdim=True)
+            top = torch.topk(logits, self.k + 1, dim=-1).values
             return 0.5 * (top[..., self.k - 1:self.k] + top[..., self.k:])
 
     @lazy_property
-    def _centred(self) -> torch.Tensor:
-        return self.logits - self._shift
+    def _working(self) -> torch.Tensor:
+        """[..., K] the working problem's logits: θ − c, or c − θ for the complement (float64)."""
+        centred = self.logits.to(COMPUTE_DTYPE) - self._shift
+        return -centred if self._complement else centred
+
+    @property
+    def _weight_dtype(self) -> torch.dtype:
+        """The precision of the softmax weights: float64 for float64 logits, else float32."""
+        return torch.float64 if self.logits.dtype == torch.float64 else torch.float32
 
     @lazy_property
-    def _table(self) -> torch.Tensor:
-        if self._complement:
-            return log_esp_table(-self._centred, self.logits.shape[-1] - self.k)
-        return log_esp_table(self._centred, self.k)
+    def _solved(self):
+        """(log Z [...], μ [..., K], H [...], the tree) of the working problem (float64), differentiable."""
+        t = self._working
+        if not self._working_k:
+            zero = t.new_zeros(self.batch_shape, dtype=COMPUTE_DTYPE)
+            return zero, torch.zeros_like(t, dtype=COMPUTE_DTYPE), zero, None
+        holder = {}
+        log_z, mu, entropy = _Tables.apply(t, self._working_k, self._weight_dtype, holder)
+        return log_z, mu, entropy, holder["tree"]
+
+    @property
+    def _tree(self) -> Tree:
+        """The working problem's tables: those of ``_solved`` once computed, else the inside tables alone (a draw
+        needs no marginals)."""
+        if "_solved" in self.__dict__:
+            return self._solved[3]
+        if "_inside" not in self.__dict__:
+            self._inside = Tree(self._working.detach(), self._working_k, self._weight_dtype)
+        return self._inside
+
+    @property
+    def _working_log_z(self) -> torch.Tensor:
+        return self._solved[0]
+
+    @property
+    def _working_marginals(self) -> torch.Tensor:
+        return self._solved[1]
+
+    @property
+    def _entropy(self) -> torch.Tensor:
+        return self._solved[2]
+
+    # ---- the law's quantities, in the logits' dtype
+    @lazy_property
+    def _centred_log_z(self) -> torch.Tensor:
+        """[...] log e_k(exp(θ − c)) (compute dtype): e_k(x) = Π x · e_{K−k}(1/x) for the complement."""
+        log_z = self._working_log_z
+        return log_z - self._working.sum(-1) if self._complement else log_z
 
     @lazy_property
     def log_normalizer(self) -> torch.Tensor:
         """[...] log Z = log e_k(exp θ)."""
-        K = self.logits.shape[-1]
-        if self._complement:  # e_k(x) = Π x · e_{K−k}(1/x)
-            centred = self._centred.sum(-1) + self._table[K, ..., K - self.k]
-        else:
-            centred = self._table[K, ..., self.k]
-        return centred + self.k * self._shift[..., 0]
+        return (self._centred_log_z + self.k * self._shift[..., 0]).to(self.logits.dtype)
 
     @lazy_property
     def marginals(self) -> torch.Tensor:
         """[..., K] μ_d = q(m_d = 1), differentiable in the logits; Σ_d μ_d = k."""
-        K = self.logits.shape[-1]
-        if self._complement:
-            return 1 - _marginals(-self._centred, self._table, K - self.k)
-        return _marginals(self._centred, self._table, self.k)
+        mu = self._working_marginals
+        return (1 - mu if self._complement else mu).to(self.logits.dtype)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -135,57 +350,70 @@ class ConditionalBernoulli(dist.TorchDistribution):
         return torch.zeros_like(self.logits).scatter_(-1, keep, 1.0)
 
     def entropy(self) -> torch.Tensor:
-        """[...] H = log Z − θ·μ (nats), on the centred logits (the same value, less rounding)."""
-        return self.log_normalizer - self.k * self._shift[..., 0] - (self._centred * self.marginals).sum(-1)
+        """[...] H = log Z − θ·μ (nats), ≥ 0."""
+        return self._entropy.to(self.logits.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """θ·m − log Z for masks with k ones, −inf otherwise."""
         if self._validate_args:
             self._validate_sample(value)
-        value = value.to(self.logits.dtype)
-        inside = (value.sum(-1) - self.k).abs() < 0.5
-        lp = (self.logits * value).sum(-1) - self.log_normalizer
-        return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+        value = value.to(COMPUTE_DTYPE)
+        inside_support = (value.sum(-1) - self.k).abs() < 0.5
+        centred = self.logits.to(COMPUTE_DTYPE) - self._shift
+        lp = (centred * value).sum(-1) - self._centred_log_z
+        return torch.where(inside_support, lp, torch.full_like(lp, -math.inf)).to(self.logits.dtype)
 
     def kl_to_bernoulli(self, probs: torch.Tensor) -> torch.Tensor:
-        """[...] KL(q ‖ Π_d Bernoulli(ρ_d)) = −H − Σ_d [μ_d log ρ_d + (1 − μ_d) log(1 − ρ_d)], ρ ``probs`` [K] or
-        [..., K] in (0, 1)."""
-        probs = torch.as_tensor(probs, dtype=self.logits.dtype, device=self.logits.device)
-        mu = self.marginals
-        return -self.entropy() - (mu * probs.log() + (1 - mu) * (-probs).log1p()).sum(-1)
+        """[...] KL(q ‖ Π_d Bernoulli(ρ_d)) = −H − Σ_d [μ_d log ρ_d + (1 − μ_d) log(1 − ρ_d)], ρ ``probs`` [] or
+        [K] or [..., K] in (0, 1)."""
+        probs = torch.as_tensor(probs, device=self.logits.device).to(COMPUTE_DTYPE)
+        mu = self._working_marginals
+        if self._complement:
+            mu = 1 - mu
+        cross = (mu * probs.log() + (1 - mu) * (-probs).log1p()).sum(-1)
+        return (-self._entropy - cross).to(self.logits.dtype)
+
+    def entropy_within(self, active: torch.Tensor) -> torch.Tensor:
+        """[...] the entropy of the gates on the dimensions ``active`` [..., K] (bool) alone, H(m_A) ≤ H: the law of
+        m_A mixes over its count c, P(c) ∝ e_c(A) e_{k−c}(Ā), the exactly-c laws on A, so H(m_A) = H(c) + Σ_c P(c)
+        H(m_A | c), from one tree over A (inside, then outside from the law of c). H − H(m_A) = H(m_Ā | m_A) is the
+        entropy of the gates on the other dimensions: for active = z's non-zero entries, gates the budget forces
+        open on zeros, which change no feature."""
+        K, k = self.logits.shape[-1], self.k
+        if k in (0, K):
+            return torch.zeros(self.batch_shape, dtype=self.logits.dtype, device=self.logits.device)
+        with torch.no_grad():
+            centred = self.logits.to(COMPUTE_DTYPE) - self._shift
+            inside = Tree(centred.masked_fill(~active, NEG), k, self._weight_dtype)
+            outside_ = Tree(centred.masked_fill(active, NEG), k, self._weight_dtype)
+            log_w = inside.levels[-1][..., 0, :] + outside_.levels[-1][..., 0, :].flip(-1)  # e_c(A) e_{k−c}(Ā)
+            log_w = torch.where(log_w > NEG / 2, log_w, NEG)
+            log_p = torch.where(log_w > NEG / 2, log_w - torch.logsumexp(log_w, -1, keepdim=True), NEG)
+            count_entropy = -(log_p.exp() * torch.where(log_w > NEG / 2, log_p, 0.0)).sum(-1)
+            return (count_entropy + inside.outside(log_p)[1]).to(self.logits.dtype)
 
     # ---- sampling
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():
-            u = torch.rand(self._extended_shape(sample_shape), dtype=self.logits.dtype, device=self.logits.device)
-            return self.from_uniforms(u)
+            shape = torch.Size(sample_shape) + self.batch_shape + (self.num_uniforms,)
+            return self.from_uniforms(torch.rand(shape, dtype=COMPUTE_DTYPE, device=self.logits.device))
 
     def from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
-        """The exact draw for uniforms u [S, ..., K] in [0, 1) (one per dimension), last dimension first."""
+        """The exact draw for uniforms u [S, ..., ``num_uniforms``] in [0, 1) (one per internal node of the tree):
+        masks [S, ..., K] in the logits' dtype."""
+        if u.shape[-1] != self.num_uniforms:
+            raise ValueError(f"ConditionalBernoulli.from_uniforms: expected {self.num_uniforms} uniforms per draw "
+                             f"(one per internal node), got {u.shape[-1]}")
+        K = self.logits.shape[-1]
         with torch.no_grad():
-            if self._complement:
-                closed = self._draw(-self._centred, self._table, self.logits.shape[-1] - self.k, u)
-                return 1 - closed
-            return self._draw(self._centred, self._table, self.k, u)
-
-    @staticmethod
-    def _draw(logits, table, k, u):
-        K = logits.shape[-1]
-        shape = u.shape[:-1]
-        left = torch.full(shape, k, dtype=torch.long, device=logits.device)
-        out = torch.zeros(u.shape, dtype=logits.dtype, device=logits.device)
-        for i in reversed(range(K)):  # dimension i (0-based) with `left` ones still to place among 0 … i
-            before = table[i].expand(shape + (k + 1,))
-            here = table[i + 1].expand(shape + (k + 1,))
-            log_p = (logits[..., i].expand(shape) + before.gather(-1, (left - 1).clamp(min=0)[..., None])[..., 0]
-                     - here.gather(-1, left[..., None])[..., 0])
-            take = ((u[..., i] < log_p.exp()) & (left > 0)) | (left > i)  # left = i + 1: every remaining one
-            out[..., i] = take.to(out.dtype)
-            left = left - take.long()
-        return out
+            if not self._working_k:
+                ones = torch.zeros(u.shape[:-1] + (K,), dtype=self.logits.dtype, device=self.logits.device)
+            else:
+                ones = self._tree.draw(u.to(COMPUTE_DTYPE))[..., :K].to(self.logits.dtype)
+            return 1 - ones if self._complement else ones
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         """SIMPLE: the exact sample forward, the marginals' gradient backward (m + μ − sg(μ))."""
+        mu = self.marginals  # first: the draw then reuses its tables
         m = self.sample(sample_shape)
-        mu = self.marginals
         return m + (mu - mu.detach())

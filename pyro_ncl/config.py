@@ -17,11 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import yaml
-
 from pyro_ncl.run_folder import read_json_mapping
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "presets"
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 # --method: a row of part names. Explicit --prior/--guide/--likelihood/--non-neg override it.
@@ -36,7 +33,6 @@ METHODS: Dict[str, Dict[str, str]] = {
 }
 AMP_MODES = ("none", "bf16")
 
-
 def _opt(help: str, **kw) -> Any:
     """A dataclass field with its command-line help and its constraint, checked for every source of settings
     (command line, preset, a run's config.json) by ``check_setting``. The type is the annotation (``Optional``:
@@ -48,11 +44,15 @@ def _opt(help: str, **kw) -> Any:
     default = kw.pop("default")
     return field(default=default, metadata=dict(help=help, **kw))
 
-
 @dataclass
 class Config:
     # data
     dataset: str = _opt("dataset name", default="fashion-mnist", choices="pyro_ncl.data:DATASETS")
+    recipe: Optional[str] = _opt("dataset recipe: the training settings a dataset takes unless flags or --preset set "
+                                 "them (backbone, projector, image size, batch, epochs, lr: "
+                                 "experiments/recipes/NAME.yaml); auto: the dataset's own (imagenet100, cifar10, "
+                                 "cifar100, stl10; fashion-mnist, mnist, scenes and folder have none), none: no recipe",
+                                 default=None, shown="auto", choices="pyro_ncl.presets:RECIPES")
     data_root: Optional[str] = _opt("dataset folder (default: the dataset's usual place, e.g. "
                                     f"{DEFAULT_FASHION_MNIST_ROOT} for fashion-mnist)", default=None, preset=False)
     subset: Optional[int] = _opt("train on the first N training images only", default=None, ge=2)
@@ -149,16 +149,24 @@ class Config:
                                "least 2 (4 of --feature-dim 128)", default=None,
                                ge=2, why="one kept entry leaves a one-hot feature with no gradient")
     budget_anneal_epochs: Optional[float] = _opt("the top-k activation and the budgeted gates (exact_k, budget_st): "
-                                                 "epochs over which the number of kept entries falls linearly from K "
-                                                 "to its final k (default: 40%% of --epochs)", default=None, ge=0)
+                                                 "epochs over which the number of kept entries falls from "
+                                                 "--budget-start to its final k (default: 40%% of --epochs)", default=None, ge=0)
+    budget_schedule: str = _opt("the top-k activation and the budgeted gates: how the number of kept entries falls "
+                                "from --budget-start to its final k over --budget-anneal-epochs: geometric "
+                                "(start·(k/start)^f) or linear", default="geometric",
+                                choices="pyro_ncl.budget:SCHEDULES")
+    budget_start: Optional[int] = _opt("the top-k activation and the budgeted gates: entries kept at the start of "
+                                       "the anneal; auto: min(K, max(64, 3k)) (the exactly-k gate's work grows with "
+                                       "it: pyro_ncl/budget.py)", default=None, shown="auto", ge=2)
     aux_weight: float = _opt("exact_k_aux: weight α of the auxiliary top-k term on dead dimensions (CSR's aux-k; "
                              "Gao et al.'s 1/32)", default=0.03125, ge=0)
     aux_dead_steps: int = _opt("exact_k_aux: a dimension is dead once it was in no view's posterior mode for this "
                                "many training batches", default=20, ge=1)
     kl_warmup_epochs: float = _opt("grow the gate term's weight linearly from ≈0 to --kl-weight over this many epochs "
                                    "(0: the full weight from the first step)", default=0.0, ge=0)
-    test_gate: str = _opt("gated methods' evaluated features: mode (the hard gate 1[logit > 0]) | mean (the "
-                          "posterior open probability as a weight)", default="mode", choices=("mode", "mean"),
+    test_gate: str = _opt("gated methods' evaluated features: mode (the posterior's most probable mask: 1[logit > 0] "
+                          "for the per-gate Bernoulli guides, the k largest θ for exact_k) | mean (the posterior "
+                          "open probability as a weight)", default="mode", choices=("mode", "mean"),
                           noun="test-time gate")
     # likelihood-specific settings
     bcl_alpha: float = _opt("BCL: location α ∈ [0.5, 1] (debiases false negatives)", default=0.9, ge=0.5, le=1)
@@ -247,12 +255,10 @@ class Config:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
-
 FIELDS = {f.name: f for f in fields(Config)}
 FIELD_NAMES = set(FIELDS)
 _KINDS = {"int": int, "float": float, "bool": bool, "str": str}
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
 
 def check_setting(name: str, value: Any, source: Optional[str] = None) -> Any:
     """``value`` for the setting ``name``, checked against its ``Config`` field: the annotated type (``Optional``:
@@ -293,14 +299,12 @@ def check_setting(name: str, value: Any, source: Optional[str] = None) -> Any:
         raise ValueError(f"{label} must be {meta['pattern'][1]}, got {value!r}")
     return value
 
-
 def _field_type(f) -> Tuple[type, bool]:
     """(int | float | bool | str, whether None is allowed) from the field's annotation."""
     text = str(f.type).replace("typing.", "")
     optional = text.startswith("Optional[") or text.endswith("| None")
     base = text[len("Optional["):-1] if text.startswith("Optional[") else text.replace("| None", "").strip()
     return _KINDS[base], optional
-
 
 def _bounds(meta: Dict[str, Any], kind: type) -> Optional[Tuple[Callable[[Any], bool], str]]:
     """(test, "lie in (0, 1)" / "be at least 1" / "be > 0" ...) for the bounds in ``meta``, or None."""
@@ -317,7 +321,6 @@ def _bounds(meta: Dict[str, Any], kind: type) -> Optional[Tuple[Callable[[Any], 
              else "be <=", "lt": "be <"}
     return test, f"{words[op]} {bound}"
 
-
 def _choices(name: str, choices) -> Tuple[str, List[str]]:
     """(noun, allowed names): a tuple as given, or ``"module:REGISTRY"``: that registry's names (imported on use,
     so that this module imports none of the parts)."""
@@ -327,14 +330,12 @@ def _choices(name: str, choices) -> Tuple[str, List[str]]:
         return registry.kind, registry.names()
     return name.replace("_", " "), list(choices)
 
-
 def _is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
         return False
     return True
-
 
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
@@ -345,11 +346,9 @@ def _shown(value: Any) -> str:
         return repr(value)
     return f"a {type(value).__name__} ({json.dumps(value, default=str)[:60]})"
 
-
 def check_amp(amp: str) -> None:
     """The one check of ``--amp`` (``Config.validate`` before a run, ``system.accelerate`` for direct calls)."""
     check_setting("amp", amp)
-
 
 DATASET_OPTIONS = ("image_size", "download", "skip_bad_images", "gpu_augment", "spurious_correlation", "val_size",
                    "background_strength", "item_contrast", "unlabelled_root", "channels", "image_mean", "image_std",
@@ -359,11 +358,9 @@ BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "unlabelled_
                "log_every", "checkpoint_every", "eval_batch_size", "channels_last", "compile", "deterministic", "quiet",
                "tensorboard")
 
-
 # settings only a gated method reads (its prior, guide and gate term): an ungated run is the same run whatever they are
 GATE_SETTINGS = ("prior_prob", "kl_weight", "gate_temperature", "beta_concentration", "baseline",
                  "gate_grad_to_backbone", "kl_warmup_epochs", "test_gate", "gate_lr")
-
 
 def changed_settings(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]:
     """The settings (bookkeeping aside) in which a run's saved config.json differs from the settings ``wanted``
@@ -379,38 +376,10 @@ def changed_settings(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]
                   and not (ungated and k in GATE_SETTINGS)
                   and saved.get(k, meta[k].default if k in meta else None) != v)
 
-
 def dataset_options(config: Config) -> Dict[str, Any]:
     """The dataset-specific settings that were given (a dataset refuses options it does not take, by name)."""
     return {k: getattr(config, k) for k in DATASET_OPTIONS
             if getattr(config, k) is not None and getattr(config, k) is not False}  # 0.0 is a setting (0.0 == False)
-
-
-def load_preset(name_or_path: str) -> Dict[str, Any]:
-    """A YAML preset by name (``experiments/presets/NAME.yaml``) or path; keys are Config field names."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = PRESET_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-        raise ValueError(f"preset {name_or_path!r} not found at {path}; known presets: {', '.join(known) or 'none'}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"preset {path} does not parse as YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"preset {path} must be a mapping of setting: value, got {type(values).__name__}")
-    unknown = sorted(set(values) - FIELD_NAMES - {"description"})
-    if unknown:
-        raise ValueError(f"preset {path} has unknown settings: {', '.join(unknown)}")
-    values.pop("description", None)
-    placed = sorted(k for k in values if not FIELDS[k].metadata.get("preset", True))
-    if placed:
-        raise ValueError(f"preset {path} sets {', '.join(placed)}: a preset holds settings of the method, not where "
-                         f"results go or what runs them; pass " + ", ".join("--" + k.replace("_", "-") for k in placed)
-                         + " on the command line")
-    return {k: check_setting(k, v, f"preset {path}") for k, v in values.items()}
-
 
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr (``error: ...``) with exit status 2, no usage;
@@ -423,11 +392,9 @@ class OneLineParser(argparse.ArgumentParser):
             raise ValueError(message)
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
-
 def os_error_line(err: OSError) -> str:
     """An OSError (a full disk, an unreadable file) as one line: what went wrong and, where known, the file."""
     return f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}"
-
 
 def exit_on_bad_input(main: Callable[[Any], Any], args: Any, bad_input: Tuple[type, ...] = (ValueError,)) -> Any:
     """``main(args)`` for a script's ``__main__``: bad input (``bad_input`` errors, or an OSError such as an
@@ -439,7 +406,6 @@ def exit_on_bad_input(main: Callable[[Any], Any], args: Any, bad_input: Tuple[ty
     except OSError as err:
         print(f"error: {os_error_line(err)}", file=sys.stderr)
     sys.exit(2)
-
 
 def int_at_least(low: int, high: Optional[int] = None) -> Callable[[str], int]:
     """An argparse ``type``: an integer in [low, high] (a one-line parser error naming the flag otherwise)."""
@@ -454,13 +420,13 @@ def int_at_least(low: int, high: Optional[int] = None) -> Callable[[str], int]:
         return value
     return parse
 
-
 def build_parser(choices: Optional[Dict[str, list]] = None, description: str = "") -> argparse.ArgumentParser:
     """argparse from the Config fields: ``--kebab-case`` flags, booleans as ``--flag/--no-flag``; ``--help`` lists
     each field's choices (registered names; ``choices`` maps field names to other lists). Defaults are None so that
     explicit flags are known; the values are checked by ``Config.validate``."""
     parser = OneLineParser(description=description)
-    parser.add_argument("--preset", default=None, help="YAML of settings from experiments/presets/ (name or path)")
+    parser.add_argument("--preset", default=None, help="YAML of settings: a name from experiments/presets/ or a path "
+                                                       "(over the dataset's recipe, under explicit flags)")
     choices = choices or {}
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
@@ -476,26 +442,29 @@ def build_parser(choices: Optional[Dict[str, list]] = None, description: str = "
             parser.add_argument(flag, type=kind, default=None, help=help_text, metavar=f.name.upper())
     return parser
 
-
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults < preset < explicit flags."""
+    """Defaults < the dataset's recipe < preset < explicit flags (``pyro_ncl.presets``; the method's parts come in
+    between, from ``Config.resolved``)."""
+    from pyro_ncl.presets import load_preset, with_recipe
+
     values: Dict[str, Any] = {}
     if getattr(args, "preset", None):
         values.update(load_preset(args.preset))
     values.update({k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None})
-    return Config(**values)
-
+    return Config(**with_recipe(values))
 
 def read_run_config(run_dir: Path) -> Dict[str, Any]:
-    """The settings a run saved in its ``config.json``; a one-line ValueError when missing or unparsable."""
+    """The settings a run saved in its ``config.json`` (its ``provenance`` record left out); a one-line ValueError
+    when missing or unparsable."""
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).is_dir():
         raise ValueError(f"{run_dir} is not a folder (expected a run folder holding config.json)")
     try:
-        return read_json_mapping(path, "setting")
+        values = read_json_mapping(path, "setting")
     except FileNotFoundError:
         raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
-
+    values.pop(PROVENANCE_KEY, None)
+    return values
 
 def config_from_run(run_dir: Path, unknown: str = "raise", label: Optional[str] = None) -> Config:
     """The ``Config`` a run saved in its ``config.json`` (not resolved), every value checked (``check_setting``,
@@ -513,6 +482,11 @@ def config_from_run(run_dir: Path, unknown: str = "raise", label: Optional[str] 
     path = Path(run_dir) / "config.json"
     return Config(**{k: check_setting(k, v, str(path)) for k, v in values.items() if k in FIELD_NAMES})
 
+PROVENANCE_KEY = "provenance"  # config.json's record of the code that ran (pyro_ncl.provenance), not a setting
+
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(json.dumps(config.to_dict(), indent=2))
+    """config.json: every setting, and under ``provenance`` the library version and git commit of the code."""
+    from pyro_ncl.provenance import provenance
+
+    path.write_text(json.dumps({**config.to_dict(), PROVENANCE_KEY: provenance()}, indent=2))

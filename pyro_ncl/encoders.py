@@ -4,7 +4,7 @@ Shapes: x [N, C, H, W] → h [N, F] → z [N, K].
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,17 +48,19 @@ NON_NEGATIVITY.register("rep_relu")(rep_relu)
 class TopK(nn.Module):
     """ReLU, then each row's k largest entries kept and the rest set to 0: the top-k activation of k-sparse
     autoencoders and CSR (``--method ncl_topk``), trained end to end; gradients reach the kept entries only. k
-    follows ``pyro_ncl.budget.Budget``: from K down to ``--topk`` over ``--budget-anneal-epochs`` in training, ``--topk``
+    follows ``pyro_ncl.budget.Budget``: from ``--budget-start`` down to ``--topk`` over ``--budget-anneal-epochs`` in training, ``--topk``
     in evaluation mode. Deterministic: no latent variable, no prior. [N, K] → [N, K]."""
 
-    def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0):
+    def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0, schedule: str = "geometric",
+                 start: Optional[int] = None):
         super().__init__()
-        self.budget = Budget(feature_dim, check_budget(k, feature_dim, "--topk"), anneal_epochs)
+        self.budget = Budget(feature_dim, check_budget(k, feature_dim, "--topk"), anneal_epochs, schedule, start)
 
     @classmethod
-    def build(cls, feature_dim: int, topk=None, anneal_epochs=None, epochs: int = 1) -> "TopK":
+    def build(cls, feature_dim: int, topk=None, anneal_epochs=None, epochs: int = 1, schedule: str = "geometric",
+              start: Optional[int] = None) -> "TopK":
         return cls(feature_dim, topk if topk is not None else default_topk(feature_dim),
-                   anneal_epochs if anneal_epochs is not None else default_anneal_epochs(epochs))
+                   anneal_epochs if anneal_epochs is not None else default_anneal_epochs(epochs), schedule, start)
 
     def set_progress(self, epochs_done: float) -> None:
         self.budget.set_progress(epochs_done)
@@ -178,7 +180,7 @@ class Encoder(nn.Module):
 def build_encoder(backbone: str, in_channels: int, width: int, cifar_stem: bool, hidden_dim: int,
                   feature_dim: int, non_negativity: str, **activation_options) -> Encoder:
     """``activation_options``: the ``build`` keywords of a non-negativity registered as a class (``topk``: topk,
-    anneal_epochs, epochs); ignored by the others."""
+    anneal_epochs, epochs, schedule, start); ignored by the others."""
     net = BACKBONES[backbone](in_channels, width=width, cifar_stem=cifar_stem)
     if not isinstance(NON_NEGATIVITY[non_negativity], type):
         activation_options = {}

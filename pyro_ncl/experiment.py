@@ -36,6 +36,8 @@ from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import evaluate
 from pyro_ncl.trained_run import Run
 from pyro_ncl.plots import plot_loss_curve
+from pyro_ncl.presets import describe_recipe
+from pyro_ncl.provenance import provenance
 from pyro_ncl.progress import format_duration
 from pyro_ncl.run_folder import clear_outputs, outputs_in, read_metrics, write_metrics
 from pyro_ncl.runtime import Runtime
@@ -66,6 +68,9 @@ def run(config: Optional[Config] = None, **changes: Any) -> Run:
             out = rt.claim(config.out)  # locked until the run ends
             state = begin(rt, config, out)
             processes = f", {rt.world_size} processes" if rt.world_size > 1 else ""
+            recipe = describe_recipe(config)
+            if recipe:
+                rt.print(recipe)
             rt.print(f"{config.method}: prior={config.prior} guide={config.guide} likelihood={config.likelihood} "
                      f"non_neg={config.non_neg} | {config.dataset} ({data.num_train} train images) on {rt.device}"
                      f"{processes} → {out}")
@@ -180,7 +185,7 @@ def finish(rt: Runtime, system, data: DataBundle, config: Config, out: Path, sum
     metrics = evaluate(system, data, batch_size=config.eval_batch_size, device=rt.device,
                        probe_epochs=config.probe_epochs, knn_k=config.knn_k, seed=config.seed,
                        limit=config.eval_subset)
-    metrics.update(summary, eval_seconds=time.perf_counter() - start)
+    metrics.update(summary, eval_seconds=time.perf_counter() - start, **provenance())
     print(write_metrics(out / "metrics.json", metrics))
     plot_loss_curve(out / "log.csv", out / "loss.png")
     write_final(out, config, metrics, summary["steps"])

@@ -12,8 +12,9 @@ A *variant* is one way of turning a trained run into evaluation features [N, K]:
 Every variant is scored on the very features it defines (``measure_features``): kNN and a linear probe on them,
 semantic consistency by count and activation-weighted, sparsity, active dimensions, active entries per image, the
 share of class-selective dimensions; gated variants add the gate's statistics (open gates per image, the posterior
-entropy per image, the share of images with at least one uncertain gate (0.1 < q(m_d = 1) < 0.9), the mean
-per-gate entropy, the share of z's active entries the gate closes, class-selective gates).
+entropy per image and its part on z's non-zero entries (``doubt_entropy``; the rest is spent on gates the budget
+forces open on zeros), the share of images with at least one uncertain gate (0.1 < q(m_d = 1) < 0.9) and with one
+on a non-zero entry (``uncertain_active_images``), the mean per-gate entropy, the share of z's active entries the gate closes, class-selective gates).
 
 The comparison that cannot flatter a gate is *paired by seed* (``paired_margins``): seed s of a design against the
 baselines of seed s — NCL's post-hoc fronts (threshold, top-k; NCL itself is the q = 0 point of the threshold
@@ -43,8 +44,8 @@ UNCERTAIN = (0.1, 0.9)  # a gate is uncertain when its open probability lies str
 # the columns of a measured variant (mean ± std over seeds in the tables)
 METRICS = ["knn_accuracy", "linear_probe_features", "linear_probe_backbone", "semantic_consistency",
            "weighted_consistency", "sparsity", "active_dims", "active_per_image", "selective_dims", "open_gates",
-           "open_gates_per_image", "posterior_entropy", "uncertain_images", "gate_entropy", "closed_active",
-           "selective_gates", "background_leakage"]
+           "open_gates_per_image", "posterior_entropy", "doubt_entropy", "uncertain_images",
+           "uncertain_active_images", "gate_entropy", "closed_active", "selective_gates", "background_leakage"]
 
 
 def bernoulli_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -87,9 +88,12 @@ def measure_features(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tenso
                    open_gates_per_image=float(gate.sum(1).double().mean()),
                    posterior_entropy=float(test["entropy"].double().mean()),
                    uncertain_images=uncertain_share(test["probs"]),
+                   uncertain_active_images=uncertain_share(test["probs"].masked_fill(~z_active, 0.0)),
                    gate_entropy=float(bernoulli_entropy(test["probs"]).mean()),
                    closed_active=float((z_active & ~gate).sum() / z_active.sum().clamp(min=1)),
                    selective_gates=class_selective_share(gate.double(), yte, num_classes, eps=0.5))
+        if "doubt_entropy" in test:
+            out["doubt_entropy"] = float(test["doubt_entropy"].double().mean())
     return {k: float(v) for k, v in out.items()}
 
 
@@ -106,7 +110,9 @@ def variants(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tensor], post
         deterministic = all(torch.equal(s["probs"], s["gate"]) for s in (train, test))  # a point mass: mean = mode
         for name, key in (("mode", "gate"),) + ((("mean", "probs"),) if not deterministic else ()):
             tr, te = (with_features(s, safe_normalize(s["z"] * s[key]), z=s["z"], gate=s["gate"],
-                                    probs=s["probs"], entropy=s["entropy"]) for s in (train, test))
+                                    probs=s["probs"], entropy=s["entropy"],
+                                    **({"doubt_entropy": s["doubt_entropy"]} if "doubt_entropy" in s else {}))
+                      for s in (train, test))
             yield name, None, tr, te
         return
     yield "features", None, with_features(train, train["features"]), with_features(test, test["features"])

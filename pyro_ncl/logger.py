@@ -25,7 +25,10 @@ from pyro_ncl.monitor import GateMonitor
 from pyro_ncl.progress import RunClock, make_progress
 from pyro_ncl.system import ContrastiveSystem
 
-LOG_FIELDS = ["step", "epoch", "loss", "contrastive", "gate_kl", "open_gates", "dead_dims", "lr", "images_per_s"]
+# gate_entropy and budget: the budgeted gates' posterior entropy per view and k_t (while k_t falls, the gate KL
+# falls with the schedule: for one π it is −H − k_t log π − (K − k_t) log(1 − π), and only −H is learned)
+LOG_FIELDS = ["step", "epoch", "loss", "contrastive", "gate_kl", "gate_entropy", "budget", "open_gates", "dead_dims",
+              "lr", "images_per_s"]
 
 
 def truncate_log(path: Path, last_step: int) -> None:

@@ -10,22 +10,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _column(rows, key):
+    """The column's values as floats, or None unless every row has one."""
+    values = [float(r[key]) for r in rows if r.get(key)]
+    return values if values and len(values) == len(rows) else None
+
+
 def plot_loss_curve(log_csv: Path, out_png: Path) -> None:
-    """Loss per view against the step, with the contrastive term and the gate KL where logged."""
+    """Loss per view against the step, with the contrastive term, and on the right the gate KL and, for the
+    budgeted gates, the posterior entropy per view with the budget's anneal shaded (while k_t falls, the KL falls
+    with the schedule: −k_t log π − (K − k_t) log(1 − π) is a constant of each step; −H is what the model learns)."""
     with open(log_csv) as f:
         rows = list(csv.DictReader(f))
     steps = [int(r["step"]) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for key in ("loss", "contrastive"):
-        values = [float(r[key]) for r in rows if r.get(key)]
-        if len(values) == len(steps):
+        values = _column(rows, key)
+        if values:
             axes[0].plot(steps, values, label=key)
     axes[0].set(xlabel="step", ylabel="per view", title="negative ELBO per view")
     axes[0].legend()
-    kl = [float(r["gate_kl"]) for r in rows if r.get("gate_kl")]
-    if len(kl) == len(steps):
-        axes[1].plot(steps, kl, color="C2")
-        axes[1].set(xlabel="step", ylabel="nats per view", title="gate KL(q ‖ p)")
+    kl, entropy, budget = _column(rows, "gate_kl"), _column(rows, "gate_entropy"), _column(rows, "budget")
+    if kl:
+        axes[1].plot(steps, kl, color="C2", label="gate KL(q ‖ p)")
+        if entropy:
+            axes[1].plot(steps, entropy, color="C3", label="posterior entropy H(q)")
+        if budget and budget[0] > budget[-1]:
+            end = next(s for s, b in zip(steps, budget) if b <= budget[-1])
+            axes[1].axvspan(steps[0], end, color="0.9", label=f"budget anneal (k_t → {budget[-1]:.0f})")
+        axes[1].set(xlabel="step", ylabel="nats per view", title="gate term")
+        axes[1].legend(fontsize=8)
     else:
         axes[1].axis("off")
     fig.tight_layout()

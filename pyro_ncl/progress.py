@@ -24,8 +24,8 @@ INTERVAL_ENV = "PYRO_NCL_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0
 WARMUP_STEPS = 2  # this process's first steps (allocation, cuDNN autotuning, compilation) are left out of the rate
 FIRST_LINE_STEPS = 5  # the first line comes this many steps after the warm-up, with the expected training time
-STAT_FORMATS = (("contrastive", ".4f"), ("gate_kl", ".4f"), ("open_gates", ".3f"),
-                ("dead_dims", ".0f"))  # dead_dims: exact_k_aux only
+STAT_FORMATS = (("contrastive", ".4f"), ("gate_kl", ".4f"), ("gate_entropy", ".3f"), ("budget", ".0f"),
+                ("open_gates", ".3f"), ("dead_dims", ".0f"))  # gate_entropy, budget: exact_k; dead_dims: exact_k_aux
 
 
 def progress_interval() -> float:

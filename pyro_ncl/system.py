@@ -17,7 +17,8 @@ from pyro_ncl.scopes import VIEW
 
 
 # --test-gate: how a gated method's evaluated features use the posterior q(m | x)
-TEST_GATES = {"mode": "the hard gate 1[logit > 0] (the posterior's mode)",
+TEST_GATES = {"mode": "the posterior's mode (the most probable mask: 1[logit > 0] for per-gate Bernoulli guides, the k "
+                      "largest θ for exact_k)",
               "mean": "the posterior mean q(m = 1 | x) as a weight in (0, 1)"}
 
 
@@ -98,16 +99,19 @@ class ContrastiveSystem(nn.Module):
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """x [N, C, H, W] → h [N, F], z [N, K] (normalised), features [N, K] (the method's: for gated methods the
-        normalised z gated by the test-time gate ``test_gate`` — the hard mode 1[logit > 0] or the posterior mean
+        normalised z gated by the test-time gate ``test_gate`` — the posterior's mode or the posterior mean
         q(m = 1 | x) as a weight — normalised again; normalised z otherwise), and for gated methods gate [N, K]
         (the hard mode) and probs [N, K] (the posterior open probabilities)."""
         h, z = self.encoder(x)
         h, z = h.float(), safe_normalize(z.float())
         out = {"h": h, "z": z, "features": z}
         if self.gated:
-            gates = {"mode": self.guide.mode(h, z), "mean": self.guide.probs(h, z)}
+            answers = self.guide.answers(h, z)
+            gates = {"mode": answers["mode"], "mean": answers["probs"]}
             out.update(gate=gates["mode"], probs=gates["mean"], features=safe_normalize(z * gates[self.test_gate]),
-                       entropy=self.guide.entropy(h, z))
+                       entropy=answers["entropy"])
+            if "doubt_entropy" in answers:
+                out["doubt_entropy"] = answers["doubt_entropy"]
         return out
 
     def parameter_groups(self, lr: float, gate_lr: float, weight_decay: float) -> List[dict]:
@@ -143,7 +147,8 @@ def build_system(config: Config, in_channels: int, num_classes: int = 10,
     check_parts(config)
     encoder = build_encoder(config.backbone, in_channels, config.width, config.cifar_stem, config.hidden_dim,
                             config.feature_dim, config.non_neg, topk=config.topk,
-                            anneal_epochs=config.budget_anneal_epochs, epochs=config.epochs)
+                            anneal_epochs=config.budget_anneal_epochs, epochs=config.epochs,
+                            schedule=config.budget_schedule, start=config.budget_start)
     prior = PRIORS[config.prior].build(config.feature_dim, config)
     guide = GUIDES[config.guide].build(encoder, prior, config)
     likelihood = LIKELIHOODS[config.likelihood].build(config.feature_dim, config, num_classes)

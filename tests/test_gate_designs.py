@@ -218,7 +218,12 @@ def test_unknown_test_gate_is_refused():
 
 def test_topk_activation_keeps_each_views_largest_entries_with_a_curriculum():
     """``--method ncl_topk``: ReLU, then each row's k largest entries; k falls from K over the anneal epochs in
-    training, is the final k in evaluation mode; the objective is plain NT-Xent on those features (no gate)."""
+    training (geometrically by default, linearly with --budget-schedule linear), is the final k in evaluation mode;
+    the objective is plain NT-Xent on those features (no gate)."""
+    linear = Config(method="ncl_topk", topk=2, budget_anneal_epochs=1, budget_schedule="linear", width=4,
+                    hidden_dim=16, feature_dim=8).resolved()
+    budget = build_system(linear, in_channels=1).encoder._activation.budget
+    assert [budget.at(t) for t in (0.0, 0.25, 0.5, 1.0)] == [8, 7, 5, 2]  # ⌈8 − 6·t⌉
     config = Config(method="ncl_topk", topk=2, budget_anneal_epochs=1, width=4, hidden_dim=16,
                     feature_dim=8).resolved()
     torch.manual_seed(0)
@@ -229,10 +234,10 @@ def test_topk_activation_keeps_each_views_largest_entries_with_a_curriculum():
     for epochs_done in (0.0, 0.25, 0.5, 1.0, 3.0):
         system.set_progress(epochs_done)
         ks.append(activation.budget.current_k)
-    assert ks == [8, 7, 5, 2, 2]  # ⌈8 − 6·t⌉, then the final k
+    assert ks == [8, 6, 4, 2, 2]  # ⌈8 · (2/8)^t⌉ (the start min(K, max(64, 3k)) is K here), then the final k
     system.set_progress(0.5)
     x = torch.randn(5, 8)
-    for training, k in ((True, 5), (False, 2)):
+    for training, k in ((True, 4), (False, 2)):
         activation.train(training)
         out = activation(x)
         for row, kept in zip(torch.relu(x), out):

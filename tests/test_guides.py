@@ -13,7 +13,8 @@ from guides import GUIDES, AmortizedGate, ExactBernoulliGate, ExactKGate
 from models import ContrastiveModel
 from models.priors import BernoulliPrior, BetaBernoulliPrior
 from pyro_ncl.batch import EncodedBatch
-from pyro_ncl.config import Config, load_preset
+from pyro_ncl.config import Config
+from pyro_ncl.presets import load_preset
 from pyro_ncl.likelihoods import NTXent, nt_xent
 from pyro_ncl.ops import safe_normalize
 from pyro_ncl.system import build_system

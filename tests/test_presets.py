@@ -4,10 +4,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyro_ncl.config import PRESET_DIR, Config, load_preset
+from pyro_ncl.config import Config
+from pyro_ncl.presets import load_preset, preset_names
 from pyro_ncl.system import check_parts
 
-PRESETS = sorted(p.stem for p in Path(PRESET_DIR).glob("*.yaml"))
+PRESET_DIR = Path(__file__).resolve().parent.parent / "experiments" / "presets"
+PRESETS = preset_names()
 
 
 def test_presets_exist():

@@ -68,7 +68,7 @@ class ExactKGate(Budgeted, GateGuide):
         """The posterior's entropy per view (the part of the KL the model learns: for one π the rest,
         −k_t log π − (K − k_t) log(1 − π), is the budget schedule's constant) and the budget k_t."""
         return {"gate_entropy": posterior.entropy().detach().mean(),
-                "budget": torch.tensor(float(posterior.k), device=posterior.logits.device)}
+                "budget": float(posterior.k)}
 
     # ---- the guide's answers about its posterior
     def probs(self, h, z=None):

@@ -69,13 +69,23 @@ def _column_offsets(rows: int, width: int, device: torch.device) -> torch.Tensor
 
 def _lse(terms: torch.Tensor, dim: int, weight_dtype: torch.dtype):
     """log Σ exp along ``dim`` of finite float64 ``terms`` → (result (float64, keepdim), the softmax weights
-    p = exp(terms − lse) in ``weight_dtype``, the split entropy −Σ p log p (keepdim) when ``entropy``)."""
+    p = exp(terms − lse) in ``weight_dtype``, their log-weights terms − max, log of the weights' sum (keepdim)).
+    The weights lie in [0, 1] and their sum in [1, m]: the logits' precision is enough for them, the large
+    numbers (the terms, their maximum) stay float64."""
     top = terms.amax(dim, keepdim=True)
     log_weights = torch.sub(terms, top, out=torch.empty(terms.shape, dtype=weight_dtype, device=terms.device))
     weights = log_weights.exp()
-    log_total = weights.sum(dim, keepdim=True, dtype=COMPUTE_DTYPE).log()
-    weights.div_(log_total.exp().to(weight_dtype))
-    return log_total + top, weights, log_weights, log_total
+    total = weights.sum(dim, keepdim=True)
+    log_total = total.log()
+    return top + log_total, weights.div_(total), log_weights, log_total
+
+
+def _pad(x: torch.Tensor, left: int, right: int, value: float) -> torch.Tensor:
+    """x [..., m] with ``left`` and ``right`` entries of ``value`` added on its last dimension (fewer operations
+    than ``F.pad``: one fill, one copy)."""
+    out = x.new_full(x.shape[:-1] + (left + x.shape[-1] + right,), value)
+    out[..., left:left + x.shape[-1]] = x
+    return out
 
 
 def _up_terms(table: torch.Tensor, w: int, pad: float) -> torch.Tensor:
@@ -84,7 +94,7 @@ def _up_terms(table: torch.Tensor, w: int, pad: float) -> torch.Tensor:
     r − j is out of range: U_b[r − j] is window i of U_b padded by w_c − 1 on the left."""
     w_child = table.shape[-1]
     left, right = table[..., 0::2, :], table[..., 1::2, :]
-    windows = torch.nn.functional.pad(right, (w_child - 1, w - w_child), value=pad).unfold(-1, w, 1)
+    windows = _pad(right, w_child - 1, w - w_child, pad).unfold(-1, w, 1)
     return windows + left.flip(-1).unsqueeze(-1)
 
 
@@ -95,7 +105,7 @@ def _down_terms(parent: torch.Tensor, table: torch.Tensor, pad: float) -> torch.
     w_child = table.shape[-1]
     extra = 2 * w_child - 1 - parent.shape[-1]
     if extra > 0:
-        parent = torch.nn.functional.pad(parent, (0, extra), value=pad)
+        parent = _pad(parent, 0, extra, pad)
     spread = parent.unfold(-1, w_child, 1)[..., :w_child, :]  # [x, y] = O_p[x + y]
     siblings = table.unflatten(-2, (-1, 2)).flip(-2)  # [..., n, 2, w_c]: the right child's table, then the left's
     return spread.unsqueeze(-3) + siblings.unsqueeze(-2)
@@ -103,11 +113,13 @@ def _down_terms(parent: torch.Tensor, table: torch.Tensor, pad: float) -> torch.
 
 class Tree:
     """The tables of a batch of working problems, k ≥ 1 ones among t [..., K], over a balanced binary tree of the
-    dimensions (padded with dimensions of weight 0 to P = 2^⌈log₂ K⌉), computed without autograd:
+    dimensions (padded with dimensions of weight 0 to P = 2^⌈log₂ K⌉ ≥ 2), computed without autograd:
 
-    * ``levels``: inside tables, leaves first, level i [..., P / 2^i, min(k, 2^i) + 1] (float64); ``log_z`` [...];
-      the up pass's weights ``up``, p(j | r) = exp(U_a[j] + U_b[r − j] − U_p[r]) (the split of a node's r ones
-      between its children), and each node's split entropy h[r] = −Σ_j p(j | r) log p(j | r);
+    * ``levels``: inside tables from the pairs of dimensions up, level i [..., P / 2^(i+1), min(k, 2^(i+1)) + 1]
+      (float64): a pair's table is (0, log(e^{t_a} + e^{t_b}), t_a + t_b) in closed form, a parent's the log-space
+      convolution of its children's; ``log_z`` [...]; the up pass's weights ``up``, p(j | r) = exp(U_a[j] +
+      U_b[r − j] − U_p[r]) (the split of a node's r ones between its children: for a pair holding one,
+      σ(t_a − t_b) for its left dimension), and each node's split entropy h[r] = −Σ_j p(j | r) log p(j | r);
     * ``outside()``: the down pass: μ [..., K] = exp(t_d + O_d[1] − log Z) and the entropy H [...] = Σ over nodes
       Σ_r P(node holds r) · h[r] (the chain rule of the top-down sampler: a sum of non-negative terms, so H ≥ 0
       and accurate however large log Z and θ·μ are);
@@ -118,48 +130,64 @@ class Tree:
 
     def __init__(self, t: torch.Tensor, k: int, weight_dtype: torch.dtype):
         self.k, self.num_dims, self.weight_dtype = k, t.shape[-1], weight_dtype
-        pad = (1 << (t.shape[-1] - 1).bit_length()) - t.shape[-1]
-        t = torch.nn.functional.pad(t.to(COMPUTE_DTYPE), (0, pad), value=NEG) if pad else t.to(COMPUTE_DTYPE)
-        table = torch.stack([torch.zeros_like(t), t], -1)  # a padded dimension, (0, NEG), is never chosen
-        self.levels, self.up, size = [table], [], 1
+        pad = max(2, 1 << (t.shape[-1] - 1).bit_length()) - t.shape[-1]
+        t = _pad(t.to(COMPUTE_DTYPE), 0, pad, NEG) if pad else t.to(COMPUTE_DTYPE)
+        self.left, self.right = t[..., 0::2], t[..., 1::2]  # [..., P/2]: a padded dimension (NEG) is never chosen
+        either = torch.logaddexp(self.left, self.right)
+        self.first = torch.sigmoid(self.left - self.right)  # p(the left dimension | the pair holds one)
+        split = -(torch.xlogy(self.first, self.first) + torch.xlogy(1 - self.first, 1 - self.first))
+        table = torch.stack([torch.zeros_like(either), either, self.left + self.right][:min(k, 2) + 1], -1)
+        self.levels, self.up, self.pair_split, size = [table], [], split, 2
         while table.shape[-2] > 1:
             size *= 2
             table, weights, log_weights, log_total = _lse(_up_terms(table, min(k, size) + 1, NEG), -2,
                                                           weight_dtype)
-            split = (log_total - (weights * log_weights).sum(-2, keepdim=True, dtype=COMPUTE_DTYPE))
+            split = log_total - (weights * log_weights).sum(-2, keepdim=True)
             table = table.view(table.shape[:-2] + table.shape[-1:])
             self.levels.append(table)
-            self.up.append((weights, split.squeeze(-2)))
+            self.up.append((weights, split.view(split.shape[:-2] + split.shape[-1:])))
         self.log_z = table[..., 0, k]
 
     def outside(self, root: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(μ [..., K], H [...]) from the down pass (its weights kept for ``tangent``). ``root``: instead of exactly
         k ones, a law over the root's count, log P(c) [..., k + 1] (log 0 as NEG): then μ and H are those of the
         mixture over c of the exactly-c laws, H given c (the count's own entropy left out)."""
+        # outside tables are kept less log Z, so that U + O is the log-probability that a node holds r ones
         if root is None:
-            out, log_z = _root_outside(self.k, self.log_z.device), self.log_z[..., None, None]
+            out = _root_outside(self.k, self.log_z.device) - self.log_z[..., None, None]
         else:  # O_root[c] = log P(c) − U_root[c], log 0 where c is impossible
             top, root = self.levels[-1], root.unsqueeze(-2)  # [..., 1, k + 1]
             out = torch.where((root > NEG / 2) & (top > NEG / 2), root - top, NEG)
-            log_z = torch.zeros_like(self.log_z)[..., None, None]
-        self.down = []
-        entropy = []
+        self.down, entropy = [], []
         for level in range(len(self.levels) - 1, 0, -1):
             parent, table, (_, split) = self.levels[level], self.levels[level - 1], self.up[level - 1]
-            entropy.append(((parent + out - log_z).exp() * split).flatten(-2))  # P(node holds r) · h[r]
+            entropy.append(((parent + out).exp() * split).flatten(-2))  # P(node holds r) · h[r]
             out, weights, _, _ = _lse(_down_terms(out, table, NEG), -1, self.weight_dtype)
             self.down.append(weights)
             out = out.view(out.shape[:-4] + (-1, table.shape[-1]))
-        mu = (self.levels[0][..., 1] + out[..., 1] - log_z[..., 0]).exp()[..., :self.num_dims]
-        return mu, torch.cat(entropy, -1).sum(-1).clamp(min=0)
+        # the pairs: a dimension's outside is O[1] + (O[2] + its partner) when the pair may hold two
+        one = out[..., 1]
+        entropy.append((self.levels[0][..., 1] + one).exp() * self.pair_split)
+        if out.shape[-1] > 2:
+            both = out[..., 2]
+            self.with_partner = (torch.sigmoid(both + self.right - one), torch.sigmoid(both + self.left - one))
+            left_out = torch.logaddexp(one, both + self.right)
+            right_out = torch.logaddexp(one, both + self.left)
+        else:
+            left_out = right_out = one
+        mu = torch.stack([self.left + left_out, self.right + right_out], -1).flatten(-2).exp()
+        return mu[..., :self.num_dims], torch.cat(entropy, -1).sum(-1).clamp(min=0)
 
     def tangent(self, v: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """[..., K] v → [..., K] dμ = Σ_e ∂μ/∂t_e v_e (each log-sum-exp's tangent is the softmax-weighted sum of its
         terms' tangents), in the weights' precision."""
         v = v.to(self.weight_dtype)
-        pad = self.levels[0].shape[-2] - v.shape[-1]
-        padded = torch.nn.functional.pad(v, (0, pad)) if pad else v
-        table = torch.stack([torch.zeros_like(padded), padded], -1)
+        pad = 2 * self.left.shape[-1] - v.shape[-1]
+        padded = _pad(v, 0, pad, 0.0) if pad else v
+        v_left, v_right = padded[..., 0::2], padded[..., 1::2]
+        first = self.first.to(self.weight_dtype)
+        either = first * v_left + (1 - first) * v_right
+        table = torch.stack([torch.zeros_like(either), either, v_left + v_right][:self.levels[0].shape[-1]], -1)
         tangents = [table]
         for (weights, _), parent in zip(self.up, self.levels[1:]):
             table = (weights * _up_terms(table, parent.shape[-1], 0.0)).sum(-2)
@@ -168,26 +196,39 @@ class Tree:
         out = torch.zeros_like(tangents[-1])
         for weights, table in zip(self.down, reversed(tangents[:-1])):
             out = (weights * _down_terms(out, table, 0.0)).sum(-1).flatten(-3, -2)
-        return mu * (v + out[..., :self.num_dims, 1] - d_log_z)
+        one = out[..., 1]
+        if out.shape[-1] > 2:
+            both = out[..., 2]
+            to_left, to_right = (w.to(self.weight_dtype) for w in self.with_partner)
+            left_out = one + to_left * (both + v_right - one)
+            right_out = one + to_right * (both + v_left - one)
+        else:
+            left_out = right_out = one
+        d_out = torch.stack([left_out, right_out], -1).flatten(-2)[..., :self.num_dims]
+        return mu * (v + d_out - d_log_z)
 
     def draw(self, u: torch.Tensor) -> torch.Tensor:
         """Exact draws for uniforms u [S, ..., P − 1] (one per internal node: the root's, then level by level) →
         counts [S, ..., K] in {0, 1} with exactly k ones: a node holding r ones gives its left child j of them
         with probability p(j | r), the up pass's weights (inverse CDF)."""
-        counts = torch.full(u.shape[:-1] + (1,), self.k, dtype=torch.long, device=u.device)
-        u, start = u.to(self.weight_dtype), 0
+        counts = torch.full(u.shape[:-1] + (1, 1), self.k, dtype=torch.long, device=u.device)  # [S, ..., n, 1]
+        # in the weights' precision, below 1 (a float64 uniform may round up to 1.0 in float32): u·total then stays
+        # below the cdf's last value, so the share drawn is always a possible one
+        u = u.to(self.weight_dtype).clamp_(max=1 - torch.finfo(self.weight_dtype).eps / 2).unsqueeze(-1)
+        start = 0
         for weights, _ in reversed(self.up):  # weights [..., n, w_c, w_p]: [i, r], j = w_c − 1 − i
             n, w_child, w_parent = weights.shape[-3:]
-            flat = weights.flatten(-2).expand(counts.shape + (w_child * w_parent,))
-            column = flat.gather(-1, counts.unsqueeze(-1) + _column_offsets(w_child, w_parent, u.device))
-            cdf = column.cumsum(-1)  # over j from its largest value down
-            # the count of cdf entries ≤ u·total is a possible share: the cdf is 0 before the first possible one
+            flat = weights.flatten(-2).expand(counts.shape[:-1] + (w_child * w_parent,))
+            cdf = flat.gather(-1, counts + _column_offsets(w_child, w_parent, u.device)).cumsum(-1)
+            # the number of cdf entries ≤ u·total is a possible share: the cdf is 0 before the first possible one
             # and flat (= total) from the last one on
-            drawn = (cdf <= u[..., start:start + n, None] * cdf[..., -1:]).sum(-1)
+            drawn = torch.searchsorted(cdf, u[..., start:start + n, :] * cdf[..., -1:], right=True)
             left = (w_child - 1) - drawn
-            counts = torch.stack([left, counts - left], -1).flatten(-2)
+            counts = torch.cat([left, counts - left], -1).view(counts.shape[:-2] + (2 * n, 1))
             start += n
-        return counts[..., :self.num_dims]
+        counts = counts[..., 0]
+        left = (counts == 2) | ((counts == 1) & (u[..., start:, 0] < self.first.to(u.dtype)))
+        return torch.stack([left, counts - left.long()], -1).flatten(-2)[..., :self.num_dims]
 
 
 class _Tables(torch.autograd.Function):
@@ -262,8 +303,9 @@ class ConditionalBernoulli(dist.TorchDistribution):
 
     @property
     def num_uniforms(self) -> int:
-        """Uniforms one draw takes (``from_uniforms``): one per internal node of the tree, P − 1."""
-        return (1 << (self.logits.shape[-1] - 1).bit_length()) - 1
+        """Uniforms one draw takes (``from_uniforms``): one per internal node of the tree, P − 1 (P the number of
+        dimensions rounded up to a power of two, at least 2)."""
+        return max(2, 1 << (self.logits.shape[-1] - 1).bit_length()) - 1
 
     @lazy_property
     def _shift(self) -> torch.Tensor:
@@ -396,7 +438,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.batch_shape + (self.num_uniforms,)
-            return self.from_uniforms(torch.rand(shape, dtype=COMPUTE_DTYPE, device=self.logits.device))
+            return self.from_uniforms(torch.rand(shape, dtype=self._weight_dtype, device=self.logits.device))
 
     def from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         """The exact draw for uniforms u [S, ..., ``num_uniforms``] in [0, 1) (one per internal node of the tree):
@@ -409,7 +451,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
             if not self._working_k:
                 ones = torch.zeros(u.shape[:-1] + (K,), dtype=self.logits.dtype, device=self.logits.device)
             else:
-                ones = self._tree.draw(u.to(COMPUTE_DTYPE))[..., :K].to(self.logits.dtype)
+                ones = self._tree.draw(u)[..., :K].to(self.logits.dtype)
             return 1 - ones if self._complement else ones
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:

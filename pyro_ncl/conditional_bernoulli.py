@@ -285,8 +285,10 @@ class ConditionalBernoulli(dist.TorchDistribution):
                                  f"index {list(where)}")
 
     def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(ConditionalBernoulli, _instance)
         batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape and _instance is None:
+            return self  # (Pyro's plates expand to the shape a site already has): its tables stay shared
+        new = self._get_checked_instance(ConditionalBernoulli, _instance)
         new.logits, new.k = self.logits.expand(batch_shape + self.event_shape), self.k
         super(ConditionalBernoulli, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args

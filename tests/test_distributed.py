@@ -46,7 +46,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 OUTPUTS = {"config.json", "log.csv", "checkpoint.pt", "metrics.json", "loss.png"}
 WORLD = 2
 B, N, K = 8, 64, 8  # global batch, dataset size, feature dimension
-# name -> settings: the default (deterministic top-k) gate, the sampled gate, and two plain methods
+# name -> settings: the default (exactly-k) gate, the sampled gate, and two plain methods
 METHODS = {"bayesncl": dict(method="bayesncl"), "bayesncl_relaxed_st": dict(method="bayesncl", guide="relaxed_st"),
            "tricl": dict(method="tricl"), "bcl": dict(method="bcl", bcl_beta=0.7)}
 
@@ -148,11 +148,12 @@ class _FixedNoise(StraightThroughBernoulli):
 
 
 class _FixedDraw(ConditionalBernoulli):
-    """The exactly-k draw with given uniforms (one per gate) instead of torch.rand (same sampler)."""
+    """The exactly-k draw with given uniforms (one per internal node of its tree: the table's first K − 1 columns
+    for K = 8) instead of torch.rand (same sampler)."""
     uniforms = None
 
     def sample(self, sample_shape=torch.Size()):
-        return self.from_uniforms(self.uniforms.to(self.logits))
+        return self.from_uniforms(self.uniforms[..., :self.num_uniforms].to(self.logits))
 
 
 def _fix_noise(uniforms):

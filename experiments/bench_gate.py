@@ -134,6 +134,8 @@ def anneal_values(K: int, k: int, schedule: str, start: Optional[int], points: i
 def main(args) -> dict:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.quick:
+        args.feature_dims, args.repeats = [128], 1
     results = {"rows": [], "device": str(device), "threads": args.threads}
     print(f"device {device}{'' if device.type == 'cuda' else f' ({cpu_model()}), {args.threads} thread(s)'}")
     print("| K | k | views | aten ops / step" + (" | kernels" if device.type == "cuda" else "")
@@ -156,6 +158,10 @@ def main(args) -> dict:
             print(f"| {K} | {k} | {views} | {counts['ops']:,}"
                   + (f" | {counts['kernels']:,}" if "kernels" in counts else "")
                   + f" | {gate * 1e3:.1f} | {encoder * 1e3:.0f} | {row['share']:.1%} |", flush=True)
+    first = results["rows"][0]
+    if args.quick:
+        print(f"RESULT K {first['K']}, k {first['k']}: {first['ops']:,} aten ops per step")
+        return results
     # the ImageNet-100 recipe's shapes
     K, k, views = 2048, 64, 16
     gate = timed(gate_step(views, K, k, device), device, args.repeats)
@@ -177,6 +183,11 @@ def main(args) -> dict:
         results["anneal"][schedule] = {"start": values[0], "mean_s": mean, "ratio": mean / final}
         print(f"anneal at K {K}, {views} views, {name}: k_t {values[0]} → {k}, mean {mean * 1e3:.0f} ms per step, "
               f"{mean / final:.2f}× the final k's {final * 1e3:.0f} ms")
+    big = next((r for r in results["rows"] if (r["K"], r["k"]) == (2048, 64)), first)
+    print(f"RESULT {big['ops']:,} aten ops per step at K {big['K']}, k {big['k']}"
+          + (f" ({big['kernels']:,} kernels)" if "kernels" in big else "")
+          + f"; {results['imagenet']['share']:.1%} of an ImageNet-size encoder step; anneal "
+            f"{results['anneal']['geometric']['ratio']:.2f}x the final budget's step")
     if args.record:
         record(Path(args.record), results, " ".join(sys.argv))
     return results
@@ -217,6 +228,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--anneal-points", type=int, default=20, help="fractions of the anneal timed")
     p.add_argument("--anneal-views", type=int, default=16, help="views of the anneal check (default 16)")
     p.add_argument("--record", default=None, metavar="PAGE.md", help="append a dated entry to this results page")
+    p.add_argument("--quick", action="store_true", help="K = 128 only, one repeat, no ImageNet-size or anneal check "
+                                                        "(the CPU form of experiments/device_check.sh)")
     return p
 
 

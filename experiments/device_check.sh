@@ -13,9 +13,11 @@
 #   3-4. bench_step.py on ImageNet-100-sized inputs (ResNet-18, 224 px, batch 128, projector 16384/2048) without
 #      and with --amp bf16 --channels-last: the SVI/plain ratio and images/s against a plain-torch SimCLR step on
 #      the same ResNet-18 (target: SVI within 10% of SimCLR);
-#   5. a 1-epoch run on a synthetic ImageNet-100 folder (made here, small) with --gpu-augment and 4 loader workers;
-#   6. torchrun (NCCL; 1 process per GPU, at most 2) on a small in-memory dataset;
-#   7. a `--guide bernoulli --baseline decaying` run resumed on the GPU from its epoch-1 checkpoint.
+#   5. bench_gate.py: the default gate's kernels and time per step at K 128 / 512 / 2048 beside the encoder, its share
+#      at the ImageNet-100 recipe's shapes, the budget anneal's cost (CUDA events);
+#   6. a 1-epoch run on a synthetic ImageNet-100 folder (made here, small) with --gpu-augment and 4 loader workers;
+#   7. torchrun (NCCL; 1 process per GPU, at most 2) on a small in-memory dataset;
+#   8. a `--guide bernoulli --baseline decaying` run resumed on the GPU from its epoch-1 checkpoint.
 # Without a GPU it runs the same steps in a tiny CPU form (gloo instead of NCCL, tiny sizes, the CUDA tests on the
 # CPU) and says so. Python: $PYTHON, else .venv/bin/python, else python/python3. The work folder (synthetic data,
 # runs, logs) is removed on success and kept on failure (KEEP_WORK=1 keeps it always).
@@ -49,6 +51,7 @@ if (( GPUS > 0 )); then
   IN100="--preset bayesncl_imagenet100 --epochs 1 --batch-size 64 --gpu-augment --num-workers 4 --probe-epochs 2 \
          --checkpoint-every 0 --eval-batch-size 256"
   SMALL="--subset 1024 --batch-size 128 --width 16 --hidden-dim 128 --feature-dim 64 --probe-epochs 2"
+  GATE="--device cuda --repeats 10"
 else
   MODE="CPU: no GPU visible, so the tiny CPU form (gloo instead of NCCL, tiny sizes, the CUDA tests on the CPU)"
   DEVICE=cpu
@@ -61,11 +64,12 @@ else
   BENCH="--width 4 --hidden-dim 32 --feature-dim 16 --channels 3 --size 16 --batch-size 8 --repeats 1 --warmup 0 \
          --device cpu"
   IN100_DATA="1 1 40"
-  IN100="--image-size 32 --width 4 --hidden-dim 32 --feature-dim 16 --epochs 1 --batch-size 50 --gpu-augment \
-         --num-workers 2 --probe-epochs 1 --checkpoint-every 0"
+  IN100="--recipe none --image-size 32 --width 4 --hidden-dim 32 --feature-dim 16 --epochs 1 --batch-size 50 \
+         --gpu-augment --num-workers 2 --probe-epochs 1 --checkpoint-every 0"
   SMALL="--subset 128 --batch-size 32 --width 4 --hidden-dim 32 --feature-dim 16 --probe-epochs 1 --eval-subset 64"
+  GATE="--device cpu --quick"
 fi
-export DEVICE NPROC TESTS_ENV SYNCS BENCH IN100_DATA IN100 SMALL
+export DEVICE NPROC TESTS_ENV SYNCS BENCH IN100_DATA IN100 SMALL GATE
 
 # ---------------------------------------------------------------- the steps (each runs in its own bash)
 make_data() {  # synthetic ImageNet-100 folder (all 100 classes of the list) and a fake MNIST in IDX format
@@ -107,6 +111,8 @@ step_syncs() { "$PY" experiments/count_syncs.py $SYNCS; }
 step_bench_fp32() { "$PY" experiments/bench_step.py $BENCH; }
 
 step_bench_fast() { "$PY" experiments/bench_step.py $BENCH --amp bf16 --channels-last; }
+
+step_bench_gate() { "$PY" experiments/bench_gate.py $GATE; }
 
 step_in100() {
   "$PY" experiments/run_svi.py --dataset imagenet100 --data-root "$WORK/in100" $IN100 --out "$WORK/runs/in100"
@@ -150,7 +156,8 @@ print(f"RESULT resumed to step {state['step']}; largest loss difference to the s
       f"baseline of {baseline.numel()} costs restored and updated")
 PYTHON
 }
-export -f make_data step_tests step_syncs step_bench_fp32 step_bench_fast step_in100 step_torchrun step_resume
+export -f make_data step_tests step_syncs step_bench_fp32 step_bench_fast step_bench_gate step_in100 step_torchrun \
+  step_resume
 
 # ---------------------------------------------------------------- running and reporting
 NAMES=(); STATUS=(); SECONDS_TAKEN=(); RESULTS=(); FAILED=0
@@ -160,6 +167,7 @@ result_of() {  # the step's one-line result, from its log
   case $name in
     "CUDA tests"*) tail -n 1 "$log" | sed 's/=//g; s/^ *//; s/ *$//' ;;
     "sync counts"*) grep -h "^syncs per step" "$log" | sed 's/^syncs per step: //' ;;
+    "gate cost"*) grep -h "^RESULT" "$log" | tail -n 1 | sed 's/^RESULT //' ;;
     "bench"*) "$PY" - "$log" "$DEVICE" <<'PYTHON'
 import re, sys
 text, device = open(sys.argv[1]).read(), sys.argv[2]
@@ -204,6 +212,7 @@ run_step "CUDA tests (pytest -m cuda)" "$LIMIT_TESTS" step_tests
 run_step "sync counts per step" "$LIMIT_SYNCS" step_syncs
 run_step "bench fp32" "$LIMIT_BENCH" step_bench_fp32
 run_step "bench bf16 + channels-last" "$LIMIT_BENCH" step_bench_fast
+run_step "gate cost (bench_gate.py)" "$LIMIT_BENCH" step_bench_gate
 run_step "1 epoch imagenet100 --gpu-augment" "$LIMIT_RUN" step_in100
 run_step "torchrun" "$LIMIT_RUN" step_torchrun
 run_step "resume --guide bernoulli" "$LIMIT_RUN" step_resume

@@ -285,3 +285,22 @@ def test_relative_gate_logits_and_every_view_keeps_its_strongest_entry():
     mode = guide.mode(torch.zeros(6, 5), z)
     assert (mode.gather(1, z.argmax(1, keepdim=True)) == 1).all()  # θ < 1: the largest entry is always kept
     assert torch.equal(guide.mode(torch.zeros(2, 5), torch.zeros(2, 4)), torch.zeros(2, 4))  # empty rows: closed
+
+
+def test_the_budget_anneal_schedules_and_where_they_start():
+    """k_t from the start to k over the anneal: geometric (default) start·(k/start)^f, linear start − (start − k)·f,
+    each rounded up, k afterwards and in evaluation; the default start min(K, max(64, 3k)) keeps a step of the
+    exactly-k gate at K = 2048 affordable (3k = 192, not K); a start outside [k, K] is refused in one line."""
+    from pyro_ncl.budget import Budget, default_budget_start
+    assert (default_budget_start(128, 4), default_budget_start(2048, 64), default_budget_start(8, 2),
+            default_budget_start(256, 8)) == (64, 192, 8, 64)
+    geometric = Budget(2048, 64, 10.0)
+    assert [geometric.at(f) for f in (0.0, 0.5, 1.0, 2.0)] == [192, math.ceil(192 * (1 / 3) ** 0.5), 64, 64]
+    linear = Budget(128, 4, 10.0, "linear", 128)
+    assert [linear.at(f) for f in (0.0, 0.25, 1.0)] == [128, 97, 4]
+    linear.set_progress(2.5)
+    assert (linear.now(True), linear.now(False)) == (97, 4)
+    with pytest.raises(ValueError, match=r"--budget-start must lie in \[4, --feature-dim 128\].*got 200"):
+        Budget(128, 4, 1.0, start=200)
+    with pytest.raises(ValueError, match="unknown budget schedule 'cosine'; expected one of: geometric, linear"):
+        Budget(128, 4, 1.0, "cosine")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -30,8 +29,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import (BOOKKEEPING, METHODS, Config, OneLineParser, exit_on_bad_input,  # noqa: E402
-                             read_run_config)
+from pyro_ncl.config import BOOKKEEPING, Config, METHODS  # noqa: E402
+from pyro_ncl.cli import OneLineParser, exit_on_bad_input  # noqa: E402
+from pyro_ncl.run_folder import read_run_config  # noqa: E402
+from pyro_ncl.aggregate import fmt_mean_std, mean_std  # noqa: E402
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.run_folder import read_metrics  # noqa: E402
 from pyro_ncl.tensorboard import link_runs, run_dir_name  # noqa: E402
@@ -89,25 +90,21 @@ def group_labels(runs: List[dict]) -> List[str]:
     return labels
 
 
-def summarise(values: List[float]) -> Dict[str, float]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return {"n": 0}
-    return {"n": len(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "digits": 1 if all(isinstance(v, int) for v in values) else 3}
+def metric_stats(values: List[Optional[float]]) -> Dict[str, float]:
+    """{n, mean, std} over the runs' finite values (``pyro_ncl.aggregate.mean_std``; NaN and missing left out), and
+    the digits to print (1 for integer counts)."""
+    mean, std, n = mean_std(values)
+    finite = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return {"n": n, "mean": mean, "std": std, "digits": 1 if finite and all(isinstance(v, int) for v in finite) else 3}
 
 
 def cell(stat: Dict[str, float]) -> str:
-    if not stat["n"]:
-        return "–"
-    digits = 1 if abs(stat["mean"]) >= 10 else stat["digits"]
-    spread = f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else ""
-    return f"{stat['mean']:.{digits}f}{spread} ({stat['n']})"
+    digits = 1 if stat["n"] and abs(stat["mean"]) >= 10 else stat["digits"]
+    return fmt_mean_std(stat["mean"], stat["std"], stat["n"], digits, count=True)
 
 
 def table(groups: Dict[str, List[dict]], metrics: List[str]) -> Dict[str, Dict[str, Dict[str, float]]]:
-    return {label: {m: summarise([r["metrics"].get(m) for r in runs]) for m in metrics}
+    return {label: {m: metric_stats([r["metrics"].get(m) for r in runs]) for m in metrics}
             for label, runs in groups.items()}
 
 

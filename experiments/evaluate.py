@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from pyro_ncl.checkpoint import CheckpointError  # noqa: E402
-from pyro_ncl.config import OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
+from pyro_ncl.cli import OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
 from pyro_ncl.data import DatasetNotFound  # noqa: E402
 from pyro_ncl.trained_run import Run, extract_split, gate_frequency_by_class, load_run  # noqa: E402
 from pyro_ncl.metrics import (EPS, dimension_importance, feature_selection, interpretability_suite,  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pyro_ncl.checkpoint import CheckpointError
-from pyro_ncl.config import OneLineParser, exit_on_bad_input, int_at_least
+from pyro_ncl.cli import OneLineParser, exit_on_bad_input, int_at_least
 from pyro_ncl.data import DatasetNotFound
 from pyro_ncl.features import file_features, image_files, save_features, split_features
 from pyro_ncl.trained_run import load_run

@@ -23,7 +23,8 @@ import pyro
 
 from pyro_ncl import distributed
 from pyro_ncl.checkpoint import CheckpointError
-from pyro_ncl.config import Config, build_parser, config_from_args, os_error_line
+from pyro_ncl.config import Config
+from pyro_ncl.cli import build_parser, config_from_args, os_error_line
 from pyro_ncl.data import DatasetNotFound
 from pyro_ncl.experiment import refuse_earlier_run, resume_settings, run, start_run_folder  # noqa: F401
 from pyro_ncl.runtime import Terminated

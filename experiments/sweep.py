@@ -30,9 +30,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.config import (FIELD_NAMES, Config, OneLineParser, build_parser,  # noqa: E402
-                             changed_settings, config_from_args, config_from_run, exit_on_bad_input,
-                             read_run_config)
+from pyro_ncl.config import Config, FIELD_NAMES, changed_settings  # noqa: E402
+from pyro_ncl.cli import OneLineParser, build_parser, config_from_args, exit_on_bad_input  # noqa: E402
+from pyro_ncl.run_folder import config_from_run, read_run_config  # noqa: E402
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.run_folder import read_metrics  # noqa: E402
 from pyro_ncl.system import check_parts  # noqa: E402

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,10 +39,12 @@ import torch.nn.functional as nnf  # noqa: E402
 
 from pyro_ncl.backends import cpu_model  # noqa: E402
 from pyro_ncl.checkpoint import CheckpointError  # noqa: E402
-from pyro_ncl.config import BOOKKEEPING, OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
+from pyro_ncl.config import BOOKKEEPING  # noqa: E402
+from pyro_ncl.cli import OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
 from pyro_ncl.data import DatasetNotFound  # noqa: E402
 from pyro_ncl.evaluation import extract  # noqa: E402
 from pyro_ncl.trained_run import Run, load_run  # noqa: E402
+from pyro_ncl.aggregate import fmt_mean_std, group_by, mean_std  # noqa: E402
 from pyro_ncl.run_folder import read_metrics, write_metrics  # noqa: E402
 from pyro_ncl.runtime import local_device  # noqa: E402
 from pyro_ncl.uncertainty import (SCORES, Bank, ScoreInputs, aupr, auroc, compute_scores, definitions,  # noqa: E402
@@ -218,19 +219,16 @@ def _run_knn_accuracy(run: Run) -> Optional[float]:
 
 
 def summary(values: List[float]) -> Dict[str, object]:
-    """{mean, std (sample; 0 for one run), n, values}."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": values}
+    """{mean, std, n (``pyro_ncl.aggregate.mean_std``), values}."""
+    mean, std, n = mean_std(values)
+    return {"mean": mean, "std": std, "n": n, "values": values}
 
 
-def summarise(records: List[dict]) -> List[dict]:
+def group_scores(records: List[dict]) -> List[dict]:
     """Per group (records with one label, in first-seen order): per task, score and metric the summary over its
     runs, and the verdict per task."""
-    groups: Dict[str, List[dict]] = {}
-    for record in records:
-        groups.setdefault(record["label"], []).append(record)
     out = []
-    for label, members in groups.items():
+    for label, members in group_by(records, lambda record: record["label"]).items():
         tasks = {}
         for task in TASKS:
             runs = [r["tasks"][task] for r in members if task in r["tasks"]]
@@ -273,9 +271,7 @@ def verdict(scores: Dict[str, Dict[str, dict]]) -> dict:
 
 
 def cell(stat: Optional[dict]) -> str:
-    if stat is None:
-        return "–"
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+    return "–" if stat is None else fmt_mean_std(stat["mean"], stat["std"], stat["n"])
 
 
 def ordered(names) -> List[str]:
@@ -419,7 +415,7 @@ def main(args) -> dict:
         records.append(score_run(run, label, args, names, device))
         print(f"{run.path}: {label}, kNN accuracy {records[-1]['knn_accuracy']:.4f}, "
               f"{records[-1]['seconds']:.1f} s", file=sys.stderr)
-    groups = summarise(records)
+    groups = group_scores(records)
     header = {"command": command_line(args), "cpu": cpu_model(), "device": str(device),
               "threads": torch.get_num_threads(), "samples": args.samples, "far": args.far}
     result = {**header, "scores": {n: {"kind": k, "definition": d} for n, (k, d) in definitions().items()},

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import pyro.distributions as dist
 import torch

@@ -1,23 +1,22 @@
-"""Every setting in one dataclass; the argparse parser and YAML presets are built from it.
+"""Every setting in one dataclass, each with its help and its constraint (``_opt``), checked the same way from every
+source (``check_setting``: command line, preset, recipe, a run's config.json); what settings require of each other
+(``Config.validate``); the settings that do not change what a run learns (``BOOKKEEPING``), and the comparison of a
+saved run's settings with wanted ones (``changed_settings``). The command line is built from it in
+``pyro_ncl.cli``, presets and recipes are read in ``pyro_ncl.presets``, a run's config.json in
+``pyro_ncl.run_folder``.
 
-Precedence: dataclass defaults < ``--method`` preset (prior/guide/likelihood/non-negativity names) < ``--preset``
-YAML < flags given explicitly on the command line.
+Precedence: dataclass defaults < the dataset's recipe < ``--method`` (prior/guide/likelihood/non-negativity names)
+< ``--preset`` YAML < flags given explicitly on the command line.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
 import math
 import re
-import sys
-import warnings
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
-
-from pyro_ncl.run_folder import read_json_mapping
 
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
@@ -33,6 +32,7 @@ METHODS: Dict[str, Dict[str, str]] = {
 }
 AMP_MODES = ("none", "bf16")
 
+
 def _opt(help: str, **kw) -> Any:
     """A dataclass field with its command-line help and its constraint, checked for every source of settings
     (command line, preset, a run's config.json) by ``check_setting``. The type is the annotation (``Optional``:
@@ -43,6 +43,7 @@ def _opt(help: str, **kw) -> Any:
     one line here; every check, message and ``--help`` entry follows from it."""
     default = kw.pop("default")
     return field(default=default, metadata=dict(help=help, **kw))
+
 
 @dataclass
 class Config:
@@ -257,8 +258,25 @@ class Config:
 
 FIELDS = {f.name: f for f in fields(Config)}
 FIELD_NAMES = set(FIELDS)
+# the settings by what they choose (docs/usage.md's flag reference is grouped so); every field in exactly one group
+GROUPS: Dict[str, Tuple[str, ...]] = {
+    "data": ("dataset", "recipe", "data_root", "subset", "val_size", "image_size", "download", "skip_bad_images",
+             "unlabelled_root", "channels", "image_mean", "image_std", "gpu_augment", "exclude_classes",
+             "background_strength", "item_contrast", "spurious_correlation"),
+    "parts": ("method", "prior", "guide", "likelihood", "non_neg", "backbone", "width", "cifar_stem", "hidden_dim",
+              "feature_dim", "temperature", "topk", "bcl_alpha", "bcl_beta", "bcl_class_prior", "tricl_decorrelation",
+              "simlap_gate_penalty"),
+    "optimisation": ("epochs", "batch_size", "lr", "gate_lr", "momentum", "weight_decay", "warmup_epochs", "seed"),
+    "gate": ("prior_prob", "kl_weight", "kl_warmup_epochs", "gate_temperature", "gate_grad_to_backbone",
+             "beta_concentration", "baseline", "budget_anneal_epochs", "budget_schedule", "budget_start",
+             "aux_weight", "aux_dead_steps", "test_gate"),
+    "evaluation": ("eval_subset", "probe_epochs", "knn_k", "eval_batch_size"),
+    "runtime": ("out", "overwrite", "resume", "device", "num_workers", "deterministic", "amp", "channels_last",
+                "compile", "log_every", "quiet", "tensorboard", "checkpoint_every"),
+}
 _KINDS = {"int": int, "float": float, "bool": bool, "str": str}
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
 
 def check_setting(name: str, value: Any, source: Optional[str] = None) -> Any:
     """``value`` for the setting ``name``, checked against its ``Config`` field: the annotated type (``Optional``:
@@ -299,12 +317,14 @@ def check_setting(name: str, value: Any, source: Optional[str] = None) -> Any:
         raise ValueError(f"{label} must be {meta['pattern'][1]}, got {value!r}")
     return value
 
+
 def _field_type(f) -> Tuple[type, bool]:
     """(int | float | bool | str, whether None is allowed) from the field's annotation."""
     text = str(f.type).replace("typing.", "")
     optional = text.startswith("Optional[") or text.endswith("| None")
     base = text[len("Optional["):-1] if text.startswith("Optional[") else text.replace("| None", "").strip()
     return _KINDS[base], optional
+
 
 def _bounds(meta: Dict[str, Any], kind: type) -> Optional[Tuple[Callable[[Any], bool], str]]:
     """(test, "lie in (0, 1)" / "be at least 1" / "be > 0" ...) for the bounds in ``meta``, or None."""
@@ -321,6 +341,7 @@ def _bounds(meta: Dict[str, Any], kind: type) -> Optional[Tuple[Callable[[Any], 
              else "be <=", "lt": "be <"}
     return test, f"{words[op]} {bound}"
 
+
 def _choices(name: str, choices) -> Tuple[str, List[str]]:
     """(noun, allowed names): a tuple as given, or ``"module:REGISTRY"``: that registry's names (imported on use,
     so that this module imports none of the parts)."""
@@ -330,12 +351,14 @@ def _choices(name: str, choices) -> Tuple[str, List[str]]:
         return registry.kind, registry.names()
     return name.replace("_", " "), list(choices)
 
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
         return False
     return True
+
 
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
@@ -345,6 +368,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     return f"a {type(value).__name__} ({json.dumps(value, default=str)[:60]})"
+
 
 def check_amp(amp: str) -> None:
     """The one check of ``--amp`` (``Config.validate`` before a run, ``system.accelerate`` for direct calls)."""
@@ -362,6 +386,7 @@ BOOKKEEPING = ("out", "device", "overwrite", "resume", "data_root", "unlabelled_
 GATE_SETTINGS = ("prior_prob", "kl_weight", "gate_temperature", "beta_concentration", "baseline",
                  "gate_grad_to_backbone", "kl_warmup_epochs", "test_gate", "gate_lr")
 
+
 def changed_settings(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]:
     """The settings (bookkeeping aside) in which a run's saved config.json differs from the settings ``wanted``
     (``Config.to_dict``, resolved). A setting the saved run lacks (written by an older version) counts as its
@@ -376,117 +401,8 @@ def changed_settings(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]
                   and not (ungated and k in GATE_SETTINGS)
                   and saved.get(k, meta[k].default if k in meta else None) != v)
 
+
 def dataset_options(config: Config) -> Dict[str, Any]:
     """The dataset-specific settings that were given (a dataset refuses options it does not take, by name)."""
     return {k: getattr(config, k) for k in DATASET_OPTIONS
             if getattr(config, k) is not None and getattr(config, k) is not False}  # 0.0 is a setting (0.0 == False)
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line on stderr (``error: ...``) with exit status 2, no usage;
-    with ``raise_errors`` set, a ValueError instead (to check a command line without running it)."""
-
-    raise_errors = False
-
-    def error(self, message: str):
-        if self.raise_errors:
-            raise ValueError(message)
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-def os_error_line(err: OSError) -> str:
-    """An OSError (a full disk, an unreadable file) as one line: what went wrong and, where known, the file."""
-    return f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}"
-
-def exit_on_bad_input(main: Callable[[Any], Any], args: Any, bad_input: Tuple[type, ...] = (ValueError,)) -> Any:
-    """``main(args)`` for a script's ``__main__``: bad input (``bad_input`` errors, or an OSError such as an
-    unwritable folder) ends as one line on stderr (``error: ...``) with exit status 2, no traceback."""
-    try:
-        return main(args)
-    except bad_input as err:
-        print(f"error: {err}", file=sys.stderr)
-    except OSError as err:
-        print(f"error: {os_error_line(err)}", file=sys.stderr)
-    sys.exit(2)
-
-def int_at_least(low: int, high: Optional[int] = None) -> Callable[[str], int]:
-    """An argparse ``type``: an integer in [low, high] (a one-line parser error naming the flag otherwise)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}" if high is None
-                                             else f"must lie in [{low}, {high}], got {value}")
-        return value
-    return parse
-
-def build_parser(choices: Optional[Dict[str, list]] = None, description: str = "") -> argparse.ArgumentParser:
-    """argparse from the Config fields: ``--kebab-case`` flags, booleans as ``--flag/--no-flag``; ``--help`` lists
-    each field's choices (registered names; ``choices`` maps field names to other lists). Defaults are None so that
-    explicit flags are known; the values are checked by ``Config.validate``."""
-    parser = OneLineParser(description=description)
-    parser.add_argument("--preset", default=None, help="YAML of settings: a name from experiments/presets/ or a path "
-                                                       "(over the dataset's recipe, under explicit flags)")
-    choices = choices or {}
-    for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata["help"]
-        names = choices.get(f.name) or (_choices(f.name, f.metadata["choices"])[1] if "choices" in f.metadata else None)
-        if names:
-            help_text += f"; one of: {', '.join(map(str, names))}"
-        help_text += f" (default: {f.metadata.get('shown', f.default)})"
-        if f.type in ("bool", bool, "Optional[bool]"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-            parser.add_argument(flag, type=kind, default=None, help=help_text, metavar=f.name.upper())
-    return parser
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults < the dataset's recipe < preset < explicit flags (``pyro_ncl.presets``; the method's parts come in
-    between, from ``Config.resolved``)."""
-    from pyro_ncl.presets import load_preset, with_recipe
-
-    values: Dict[str, Any] = {}
-    if getattr(args, "preset", None):
-        values.update(load_preset(args.preset))
-    values.update({k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None})
-    return Config(**with_recipe(values))
-
-def read_run_config(run_dir: Path) -> Dict[str, Any]:
-    """The settings a run saved in its ``config.json`` (its ``provenance`` record left out); a one-line ValueError
-    when missing or unparsable."""
-    path = Path(run_dir) / "config.json"
-    if not Path(run_dir).is_dir():
-        raise ValueError(f"{run_dir} is not a folder (expected a run folder holding config.json)")
-    try:
-        values = read_json_mapping(path, "setting")
-    except FileNotFoundError:
-        raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
-    values.pop(PROVENANCE_KEY, None)
-    return values
-
-def config_from_run(run_dir: Path, unknown: str = "raise", label: Optional[str] = None) -> Config:
-    """The ``Config`` a run saved in its ``config.json`` (not resolved), every value checked (``check_setting``,
-    errors name the file and the key). Settings this version does not know: ``unknown="raise"``: a one-line
-    ValueError (naming the run as ``label``, default its folder); ``"warn"``: a warning, and they are left out
-    (e.g. a run written by another version of the code)."""
-    if unknown not in ("raise", "warn"):
-        raise ValueError(f"unknown must be 'raise' or 'warn', got {unknown!r}")
-    values = read_run_config(run_dir)
-    extra = sorted(set(values) - FIELD_NAMES)
-    if extra and unknown == "raise":
-        raise ValueError(f"{label or run_dir}: config.json has unknown settings {', '.join(extra)}")
-    if extra:
-        warnings.warn(f"{Path(run_dir) / 'config.json'}: ignoring unknown settings {', '.join(extra)}", stacklevel=2)
-    path = Path(run_dir) / "config.json"
-    return Config(**{k: check_setting(k, v, str(path)) for k, v in values.items() if k in FIELD_NAMES})
-
-PROVENANCE_KEY = "provenance"  # config.json's record of the code that ran (pyro_ncl.provenance), not a setting
-
-
-def save_config(config: Config, path: Path) -> None:
-    """config.json: every setting, and under ``provenance`` the library version and git commit of the code."""
-    from pyro_ncl.provenance import provenance
-
-    path.write_text(json.dumps({**config.to_dict(), PROVENANCE_KEY: provenance()}, indent=2))

@@ -30,7 +30,8 @@ import pyro
 
 from pyro_ncl import backends, distributed
 from pyro_ncl.checkpoint import load_latest
-from pyro_ncl.config import FIELD_NAMES, Config, config_from_run, dataset_options, save_config
+from pyro_ncl.config import Config, FIELD_NAMES, dataset_options
+from pyro_ncl.run_folder import config_from_run, save_config
 from pyro_ncl.data import load_dataset
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import evaluate

@@ -24,11 +24,11 @@ front, linearly interpolated between its (dense) grid points.
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from pyro_ncl.aggregate import group_by, mean_std
 from pyro_ncl.metrics import (EPS, active_dims, class_selective_share, semantic_consistency, sparsity,
                               weighted_consistency)
 from pyro_ncl.ops import safe_normalize
@@ -130,14 +130,6 @@ def variants(train: Dict[str, torch.Tensor], test: Dict[str, torch.Tensor], post
 
 
 # ---------------------------------------------------------------- summary over seeds
-def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
-    """Mean, sample standard deviation (0 for one value) and count of the finite values (NaN, NaN, 0 if none)."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not finite:
-        return math.nan, math.nan, 0
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0, len(finite)
-
-
 def curve_name(design: str, variant: str) -> str:
     """The plotted curve of a point: the design for its evaluated features, ``design+variant`` otherwise."""
     return design if variant == "features" else f"{design} ({variant})" if variant in ("mode", "mean") \
@@ -155,11 +147,8 @@ def summarise(rows: List[dict]) -> List[dict]:
     variant, param) with ``curve``, ``seeds`` and, per metric, ``<metric>`` (mean over seeds), ``<metric>_std``
     and ``<metric>_n``; ``pareto`` marks the points that no other point beats in both mean kNN and mean
     consistency."""
-    groups: Dict[tuple, List[dict]] = {}
-    for row in rows:
-        groups.setdefault(point_key(row), []).append(row)
     out = []
-    for (design, knob, variant, param), members in groups.items():
+    for (design, knob, variant, param), members in group_by(rows, point_key).items():
         point = {"design": design, "knob": knob, "variant": variant, "param": param,
                  "curve": curve_name(design, variant), "seeds": sorted(m["seed"] for m in members)}
         for metric in METRICS:
@@ -295,3 +284,53 @@ def select(rows: List[dict], points: List[dict], reference: str = "ncl", trained
 def target_consistency(reference: dict) -> float:
     """The issues' goal: NCL + ½(1 − NCL)."""
     return reference["semantic_consistency"] + 0.5 * (1 - reference["semantic_consistency"])
+
+
+# ---------------------------------------------------------------- the pre-registered selection rule
+REFERENCE, TRAINED = "ncl", "ncl_topk"  # the designs every other is compared with: NCL (and its cuts), the top-k
+
+
+def choose_default(chosen: Dict[str, dict], candidates: List[str]) -> Optional[dict]:
+    """{"design", "point", "within_1pt"}: the candidate design whose front lies furthest above every post-hoc cut
+    (the largest mean margin of its widest point, paired by seed at its own kNN), at its most consistent point
+    within 1 point of NCL's kNN when that point is above the post-hoc cuts (a positive mean margin), else at its
+    widest point (``within_1pt: False``); None without candidates."""
+    wide = [(entry["widest"]["posthoc"]["mean"], design) for design, entry in chosen.items()
+            if design in candidates and entry["widest"]["point"] is not None]
+    if not wide:
+        return None
+    design = max(wide)[1]
+    entry = chosen[design]
+    if entry["eligible"] and entry["margins"].get("posthoc", {}).get("mean", -1) > 0:
+        return {"design": design, "point": entry["point"], "within_1pt": True}
+    return {"design": design, "point": entry["widest"]["point"], "within_1pt": False}
+
+
+def final_designs(designs: Dict[str, dict], selection: dict) -> Dict[str, dict]:
+    """NCL (with its post-hoc cuts), the trained top-k activation over its whole sweep (both are the fronts a design
+    is compared with at its own kNN) and each other selected design at its chosen knob value."""
+    out = {}
+    for name, design in designs.items():
+        if name in (REFERENCE, TRAINED):  # the baselines keep their whole sweep: a front to compare at equal kNN
+            out[name] = design
+        elif name in selection["designs"]:
+            chosen = selection["designs"][name]
+            knob = (design["knob"][0], [chosen["knob"]]) if design["knob"] else None
+            out[name] = dict(design, knob=knob)
+    return out
+
+
+def reported_points(points: List[dict], selection: dict) -> List[dict]:
+    """The final's points whose margins are reported: for each design but NCL, the point ``selection.json`` names
+    (its knob and test gate); ``ncl_topk`` is measured over its whole sweep (a front), but only its chosen point is
+    reported as the design."""
+    chosen = selection.get("designs", {})
+    out = []
+    for p in points:
+        if p["design"] == REFERENCE:
+            continue
+        pick = chosen.get(p["design"])
+        if pick is not None and (p["knob"], p["variant"]) != (pick["knob"], pick["variant"]):
+            continue
+        out.append(p)
+    return out

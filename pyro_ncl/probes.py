@@ -35,28 +35,48 @@ def _check_pair(train_X, train_y, test_X, test_y, num_classes: Optional[int]) ->
     return num_classes
 
 
+KNN_TEMPERATURE = 0.07
+BLOCK = 2 ** 25  # similarity entries per chunk of a kNN search (128 MiB in float32)
+
+
+@torch.no_grad()
+def neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int, block: int = BLOCK):
+    """Cosine similarities [N, k] (descending) and indices [N, k] of each query's k nearest rows of ``bank`` [M, D]
+    (both L2-normalised), computed on the bank's device, ``block`` similarity entries at a time."""
+    bank = nnf.normalize(bank, dim=1)
+    k = min(k, bank.shape[0])
+    rows = max(1, block // max(1, bank.shape[0]))
+    sims, idx = [], []
+    for start in range(0, queries.shape[0], rows):
+        q = nnf.normalize(queries[start:start + rows].to(bank.device, bank.dtype), dim=1)
+        s, i = (q @ bank.T).topk(k, dim=1)
+        sims.append(s), idx.append(i)
+    return torch.cat(sims), torch.cat(idx)
+
+
+def knn_votes(sims: torch.Tensor, idx: torch.Tensor, bank_y: torch.Tensor, num_classes: int,
+              temperature: float = KNN_TEMPERATURE) -> torch.Tensor:
+    """[N, C] weighted kNN votes: Σ over the k neighbours of class c of exp(cos / T); the prediction is the argmax."""
+    votes = torch.zeros(sims.shape[0], num_classes, dtype=sims.dtype, device=sims.device)
+    return votes.scatter_add_(1, bank_y.to(sims.device).long()[idx], (sims / temperature).exp())
+
+
 @torch.no_grad()
 def knn_accuracy(train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Tensor, test_y: torch.Tensor,
-                 k: int = 20, temperature: float = 0.07, num_classes: Optional[int] = None, chunk: int = 1024) -> float:
-    """Weighted kNN accuracy in [0, 1]: cosine similarity of L2-normalised features, votes weighted exp(sim / T).
+                 k: int = 20, temperature: float = KNN_TEMPERATURE, num_classes: Optional[int] = None,
+                 chunk: int = 1024) -> float:
+    """Weighted kNN accuracy in [0, 1]: cosine similarity of L2-normalised features, votes weighted exp(sim / T)
+    (``neighbours``, ``knn_votes``).
 
-    train_X: [N, D], train_y: [N], test_X: [M, D], test_y: [M]; computed on train_X's device, chunked over test rows.
+    train_X: [N, D], train_y: [N], test_X: [M, D], test_y: [M]; computed on train_X's device, ``chunk`` test rows at
+    a time.
     """
     C = _check_pair(train_X, train_y, test_X, test_y, num_classes)
     if k < 1 or temperature <= 0 or chunk < 1:
         raise ValueError(f"need k >= 1, temperature > 0 and chunk >= 1, got k={k}, temperature={temperature}, chunk={chunk}")
-    device = train_X.device
-    bank = nnf.normalize(train_X, dim=1)
-    bank_y = train_y.to(device).long()
-    k = min(k, bank.shape[0])
-    correct = 0
-    for i in range(0, test_X.shape[0], chunk):
-        q = nnf.normalize(test_X[i:i + chunk].to(device, bank.dtype), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(q.shape[0], C, dtype=sim.dtype, device=device)
-        votes.scatter_add_(1, bank_y[idx], (sim / temperature).exp())
-        correct += int((votes.argmax(1) == test_y[i:i + chunk].to(device)).sum())
-    return correct / test_X.shape[0]
+    sims, idx = neighbours(test_X, train_X, k, block=chunk * train_X.shape[0])
+    votes = knn_votes(sims, idx, train_y, C, temperature)
+    return int((votes.argmax(1) == test_y.to(votes.device)).sum()) / test_X.shape[0]
 
 
 def linear_probe(train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Tensor, test_y: torch.Tensor,

@@ -1,5 +1,7 @@
 """A run's folder: the one list of what a run writes there, the lock that gives the folder to one run at a time,
-the removal of an earlier run's outputs (``--overwrite``), and metrics files that strict JSON readers accept.
+the removal of an earlier run's outputs (``--overwrite``), metrics files that strict JSON readers accept, and a
+run's settings written to and read from its config.json (``save_config``, ``read_run_config``,
+``config_from_run``).
 
     with RunLock(out):                       # a second run on ``out`` is refused while this one lives
         clear_outputs(out)                   # everything in OUTPUTS, nothing else (a user's notes stay)
@@ -15,8 +17,12 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from pyro_ncl.config import Config
 
 # Everything a run, or a tool run on it afterwards, writes into its folder (names or glob patterns): an output
 # added anywhere is added here, so that --overwrite removes it and a folder holding it counts as taken.
@@ -183,3 +189,47 @@ def _nan_for_null(value: Any) -> Any:
     if isinstance(value, list):
         return [_nan_for_null(v) for v in value]
     return value
+
+
+# ---------------------------------------------------------------- a run's settings (config.json)
+PROVENANCE_KEY = "provenance"  # config.json's record of the code that ran (pyro_ncl.provenance), not a setting
+
+
+def read_run_config(run_dir: Path) -> Dict[str, Any]:
+    """The settings a run saved in its ``config.json`` (its ``provenance`` record left out); a one-line ValueError
+    when missing or unparsable."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"{run_dir} is not a folder (expected a run folder holding config.json)")
+    try:
+        values = read_json_mapping(path, "setting")
+    except FileNotFoundError:
+        raise ValueError(f"{run_dir} has no config.json (is it a run folder?)") from None
+    values.pop(PROVENANCE_KEY, None)
+    return values
+
+
+def config_from_run(run_dir: Path, unknown: str = "raise", label: Optional[str] = None) -> "Config":
+    """The ``Config`` a run saved in its ``config.json`` (not resolved), every value checked (``check_setting``,
+    errors name the file and the key). Settings this version does not know: ``unknown="raise"``: a one-line
+    ValueError (naming the run as ``label``, default its folder); ``"warn"``: a warning, and they are left out
+    (e.g. a run written by another version of the code)."""
+    from pyro_ncl.config import FIELD_NAMES, Config, check_setting
+
+    if unknown not in ("raise", "warn"):
+        raise ValueError(f"unknown must be 'raise' or 'warn', got {unknown!r}")
+    values = read_run_config(run_dir)
+    extra = sorted(set(values) - FIELD_NAMES)
+    if extra and unknown == "raise":
+        raise ValueError(f"{label or run_dir}: config.json has unknown settings {', '.join(extra)}")
+    if extra:
+        warnings.warn(f"{Path(run_dir) / 'config.json'}: ignoring unknown settings {', '.join(extra)}", stacklevel=2)
+    path = Path(run_dir) / "config.json"
+    return Config(**{k: check_setting(k, v, str(path)) for k, v in values.items() if k in FIELD_NAMES})
+
+
+def save_config(config: "Config", path: Path) -> None:
+    """config.json: every setting, and under ``provenance`` the library version and git commit of the code."""
+    from pyro_ncl.provenance import provenance
+
+    path.write_text(json.dumps({**config.to_dict(), PROVENANCE_KEY: provenance()}, indent=2))

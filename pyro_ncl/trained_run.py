@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as nnf
 
 from pyro_ncl.checkpoint import CheckpointError, load_checkpoint
-from pyro_ncl.config import Config, config_from_run, dataset_options
+from pyro_ncl.config import Config, dataset_options
+from pyro_ncl.run_folder import config_from_run
 from pyro_ncl.data import load_dataset
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import eval_mode, extract

@@ -42,10 +42,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from pyro_ncl.budget import default_topk
 from pyro_ncl.ops import safe_normalize
+from pyro_ncl.probes import BLOCK, knn_votes, neighbours
 from pyro_ncl.registry import Registry
-
-KNN_TEMPERATURE = 0.07  # the kNN evaluation's (probes.knn_accuracy)
-BLOCK = 2 ** 25  # similarity entries per chunk of a kNN search (128 MiB in float32)
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -121,31 +119,6 @@ def risk_coverage(scores, errors) -> Dict[str, object]:
     cum_errors = before[block] + inside * block_errors[block] / sizes[block]
     risk = cum_errors / i
     return {"coverage": i / s.size, "risk": risk, "aurc": float(risk.mean())}
-
-
-# ---------------------------------------------------------------------------------------------------- kNN
-
-
-def neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarities [N, k] (descending) and indices [N, k] of each query's k nearest rows of ``bank``
-    [M, D] (both L2-normalised here, as ``probes.knn_accuracy`` does): one matmul per chunk of queries."""
-    bank = nnf.normalize(bank, dim=1)
-    k = min(k, bank.shape[0])
-    rows = max(1, BLOCK // max(1, bank.shape[0]))
-    sims, idx = [], []
-    for start in range(0, queries.shape[0], rows):
-        q = nnf.normalize(queries[start:start + rows].to(bank.device, bank.dtype), dim=1)
-        s, i = (q @ bank.T).topk(k, dim=1)
-        sims.append(s), idx.append(i)
-    return torch.cat(sims), torch.cat(idx)
-
-
-def knn_votes(sims: torch.Tensor, idx: torch.Tensor, bank_y: torch.Tensor, num_classes: int,
-              temperature: float = KNN_TEMPERATURE) -> torch.Tensor:
-    """[N, C] weighted kNN votes: Σ over the k neighbours of class c of exp(cos / T) (``probes.knn_accuracy``'s;
-    its prediction is the argmax)."""
-    votes = torch.zeros(sims.shape[0], num_classes, dtype=sims.dtype, device=sims.device)
-    return votes.scatter_add_(1, bank_y.to(sims.device).long()[idx], (sims / temperature).exp())
 
 
 # ---------------------------------------------------------------------------------------------------- inputs

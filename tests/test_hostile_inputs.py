@@ -247,7 +247,8 @@ def test_a_real_process_gives_status_2_and_one_line(world):
 def test_every_setting_refuses_a_value_of_the_wrong_type_naming_the_key(tmp_path):
     """Generic over the Config fields (a field added with its type is covered): a config.json holding a value of
     the wrong type for any setting is refused, naming the file, the key and the type expected."""
-    from pyro_ncl.config import FIELDS, Config, config_from_run
+    from pyro_ncl.config import FIELDS, Config
+    from pyro_ncl.run_folder import config_from_run
     wrong = {"int": ("2", "an integer"), "float": ("0.5", "a number"), "bool": ("yes", "true or false"),
              "str": (3, "a string")}
     for name, f in FIELDS.items():

@@ -146,7 +146,8 @@ def test_a_checkpoint_that_would_run_code_is_one_line_without_warnings(tmp_path,
 
 def test_resume_of_a_crafted_checkpoint_through_the_command_line(tmp_path, fake_mnist):
     """--resume on a folder whose checkpoint would run code: one line on stderr, exit status 2, nothing runs."""
-    from pyro_ncl.config import Config, save_config
+    from pyro_ncl.config import Config
+    from pyro_ncl.run_folder import save_config
     data = fake_mnist(tmp_path / "data", train=32, test=8)
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from pyro_ncl import presets
-from pyro_ncl.config import Config, build_parser, config_from_args
+from pyro_ncl.config import Config
+from pyro_ncl.cli import build_parser, config_from_args
 from pyro_ncl.presets import describe_recipe, load_preset, preset_names, recipe_config
 from pyro_ncl.system import check_parts
 

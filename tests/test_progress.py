@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pyro_ncl import progress as progress_module
-from pyro_ncl.config import Config, build_parser, config_from_args
+from pyro_ncl.config import Config
+from pyro_ncl.cli import build_parser, config_from_args
 from pyro_ncl.data.augment import BatchAugment
 from pyro_ncl.data.base import ImageTensors, InMemoryData
 from pyro_ncl.progress import INTERVAL_ENV, LineProgress, RunClock, format_duration, make_progress

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pyro_ncl.config import Config, build_parser, config_from_args, save_config
+from pyro_ncl.config import Config
+from pyro_ncl.cli import build_parser, config_from_args
+from pyro_ncl.run_folder import save_config
 from pyro_ncl.run_folder import read_metrics, write_metrics
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-import guides.amortized
 import guides.exact_k
+import guides.relaxed_st
 from guides import GUIDES
 from pyro_ncl import distributed
 from pyro_ncl.checkpoint import load_checkpoint
@@ -159,11 +159,11 @@ class _FixedDraw(ConditionalBernoulli):
 def _fix_noise(uniforms):
     """Both samplers of the gated methods draw from ``uniforms`` [views, K]."""
     _FixedNoise.uniforms = _FixedDraw.uniforms = uniforms
-    guides.amortized.StraightThroughBernoulli, guides.exact_k.ConditionalBernoulli = _FixedNoise, _FixedDraw
+    guides.relaxed_st.StraightThroughBernoulli, guides.exact_k.ConditionalBernoulli = _FixedNoise, _FixedDraw
 
 
 def _unfix_noise():
-    guides.amortized.StraightThroughBernoulli, guides.exact_k.ConditionalBernoulli = (StraightThroughBernoulli,
+    guides.relaxed_st.StraightThroughBernoulli, guides.exact_k.ConditionalBernoulli = (StraightThroughBernoulli,
                                                                                       ConditionalBernoulli)
 
 

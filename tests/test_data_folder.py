@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pyro_ncl.data import DATASETS, DatasetNotFound
-from pyro_ncl.data.folder import ImageReadError, load_image
+from pyro_ncl.data.file_data import ImageReadError, load_image
 
 CLASSES = ("ant", "bee", "cow")
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pyro_ncl.data import DATASETS, DatasetNotFound
 from pyro_ncl.data.augment import BatchAugment
-from pyro_ncl.data.folder import ImageReadError
+from pyro_ncl.data.file_data import ImageReadError
 from pyro_ncl.data.imagenet import imagenet100_classes
 
 WNIDS = imagenet100_classes()

@@ -32,7 +32,7 @@ from pyro_ncl.checkpoint import load_checkpoint
 from pyro_ncl.config import Config
 from pyro_ncl.data.augment import BatchAugment
 from pyro_ncl.data.base import ImageTensors, InMemoryData, local_train_batches, shard_size
-from pyro_ncl.data.folder import FolderData
+from pyro_ncl.data.file_data import FolderData
 from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
 from pyro_ncl.distributions import StraightThroughBernoulli
 from pyro_ncl.likelihoods import LIKELIHOODS, BCL, NTXent, TriCL

@@ -1,4 +1,5 @@
-"""File-based image datasets: ``FolderData`` decodes images with a torch ``DataLoader`` and per-sample transforms.
+"""Datasets read from image files: ``FolderData`` decodes images with a torch ``DataLoader`` and per-sample
+transforms (``imagenet100`` and ``folder`` build on it; this helper module registers nothing).
 
 Reproducibility: the batch order of an epoch is ``epoch_permutation(num_train, seed, epoch)`` and the two views of
 the image at position p of that order come from torch's RNG seeded with ``sample_seed(seed, epoch, p)`` inside a

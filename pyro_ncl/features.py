@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from pyro_ncl.data.file_data import ImageReadError
-from pyro_ncl.data.image_tree import Problems, walk_images
+from pyro_ncl.data.folder import Problems, walk_images
 from pyro_ncl.evaluation import extract
 from pyro_ncl.trained_run import Run
 

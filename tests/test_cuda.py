@@ -18,7 +18,7 @@ from pyro_ncl.checkpoint import gather_rng_states, restore_training_state, train
 from pyro_ncl.config import Config
 from pyro_ncl.data.base import ImageTensors, InMemoryData
 from pyro_ncl.data.file_data import FolderData
-from pyro_ncl.data.imagenet import imagenet_device_augment, imagenet_eval_transform, normalise
+from pyro_ncl.data.imagenet100 import imagenet_device_augment, imagenet_eval_transform, normalise
 from pyro_ncl.system import accelerate, build_system
 from pyro_ncl.train import SVITrainer
 

@@ -48,7 +48,7 @@ from pyro_ncl.data.base import DATASETS, DatasetNotFound, reject_options
 from pyro_ncl.data.cifar import cifar_augment
 from pyro_ncl.data.file_data import IMG_EXTENSIONS, SAFE_FORMATS, FolderData, ImageReadError, Samples, load_image
 from pyro_ncl.data.file_data import spread_subset
-from pyro_ncl.data.imagenet import BLUR_PROB, CROP_SCALE, GRAYSCALE_PROB, JITTER, JITTER_PROB, blur_settings
+from pyro_ncl.data.imagenet100 import BLUR_PROB, CROP_SCALE, GRAYSCALE_PROB, JITTER, JITTER_PROB, blur_settings
 
 NAME = "folder"
 DEFAULT_SIZE = 32

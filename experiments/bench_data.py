@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pyro_ncl.data import DATASETS, DatasetNotFound
-from pyro_ncl.data.imagenet import imagenet100_classes
+from pyro_ncl.data.imagenet100 import imagenet100_classes
 from pyro_ncl.encoders import build_encoder
 
 

@@ -25,7 +25,7 @@ import pyro
 import torch
 import torch.multiprocessing as mp
 
-import guides.amortized
+import guides.relaxed_st
 from pyro_ncl import distributed
 from pyro_ncl.config import Config
 from pyro_ncl.distributions import StraightThroughBernoulli
@@ -77,7 +77,7 @@ def equality_task(args, dtype):
     inputs = _inputs(config, args.size, dtype)
     b = config.batch_size // distributed.world_size()
     rows = distributed.local_view_rows(b)
-    guides.amortized.StraightThroughBernoulli = FixedNoise
+    guides.relaxed_st.StraightThroughBernoulli = FixedNoise
     FixedNoise.uniforms = inputs["noise"][rows]
     try:
         trainer = SVITrainer(system, config, steps_per_epoch=10)
@@ -85,7 +85,7 @@ def equality_task(args, dtype):
         loss = trainer.loss_and_grads(inputs["x1"][images], inputs["x2"][images], inputs["y"][images],
                                       inputs["index"][images], NUM_IMAGES)
     finally:
-        guides.amortized.StraightThroughBernoulli = StraightThroughBernoulli
+        guides.relaxed_st.StraightThroughBernoulli = StraightThroughBernoulli
     return dict(loss=loss, grads={n: p.grad.double() for n, p in system.named_parameters() if p.grad is not None})
 
 

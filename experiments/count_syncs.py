@@ -39,9 +39,9 @@ from pyro_ncl.backends import set_backends
 from pyro_ncl.config import Config
 from pyro_ncl.data.base import ImageTensors, InMemoryData
 from pyro_ncl.data.cifar import cifar_augment
-from pyro_ncl.data.folder import FolderData
-from pyro_ncl.data.imagenet import imagenet_device_augment, imagenet_eval_transform, imagenet_train_transform
-from pyro_ncl.data.imagenet import normalise
+from pyro_ncl.data.file_data import FolderData
+from pyro_ncl.data.imagenet100 import imagenet_device_augment, imagenet_eval_transform, imagenet_train_transform
+from pyro_ncl.data.imagenet100 import normalise
 from pyro_ncl.data.stl10 import STL10Data
 from pyro_ncl.system import build_system
 from pyro_ncl.train import SVITrainer, resolve_device

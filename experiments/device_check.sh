@@ -78,7 +78,7 @@ import gzip, struct, sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from pyro_ncl.data.imagenet import imagenet100_classes
+from pyro_ncl.data.imagenet100 import imagenet100_classes
 work, per_train, per_val, side = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rng = np.random.default_rng(0)
 for c, wnid in enumerate(imagenet100_classes()):

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 
 from guides.base import GUIDES, GateGuide
-from guides.budget_gate import Budgeted
+from guides.budgeted import Budgeted
 from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
 from pyro_ncl.metrics import EPS as ACTIVE_EPS
 

@@ -120,9 +120,9 @@ class Config:
     likelihood: Optional[str] = _opt("contrastive likelihood (default: the method's)", default=None,
                                      choices="pyro_ncl.likelihoods:LIKELIHOODS")
     non_neg: Optional[str] = _opt("non-negativity of z (default: the method's)", default=None,
-                                  choices="pyro_ncl.encoders:NON_NEGATIVITY")
+                                  choices="pyro_ncl.non_negativity:NON_NEGATIVITY")
     # encoder
-    backbone: str = _opt("backbone network", default="small_resnet", choices="pyro_ncl.encoders:BACKBONES")
+    backbone: str = _opt("backbone network", default="small_resnet", choices="pyro_ncl.backbones:BACKBONES")
     width: int = _opt("base width of small_resnet (features = 8·width)", default=16, ge=1)
     cifar_stem: bool = _opt("torchvision ResNets: 3×3 stride-1 stem without max-pool (for 28–96 px)", default=True)
     hidden_dim: int = _opt("hidden width of the projector and the gate head", default=512, ge=1)

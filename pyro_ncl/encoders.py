@@ -1,140 +1,17 @@
 """Encoders: backbone h = f(x) and projector z = σ₊(g(h)) with a choice of non-negativity σ₊.
 
-Shapes: x [N, C, H, W] → h [N, F] → z [N, K].
+Shapes: x [N, C, H, W] → h [N, F] → z [N, K]. The backbones are registered in ``BACKBONES``
+(``pyro_ncl.backbones``, one module each), the non-negativities in ``NON_NEGATIVITY`` (``pyro_ncl.non_negativity``).
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import torchvision
 
-from pyro_ncl.budget import Budget, check_budget, default_anneal_epochs, default_topk
-from pyro_ncl.registry import Registry
-
-BACKBONES: Registry = Registry("backbone")
-NON_NEGATIVITY: Registry = Registry("non-negativity")
-
-
-# ---------------------------------------------------------------- non-negativity
-class _RepReLU(torch.autograd.Function):
-    """Forward ReLU(x); backward the gradient of GELU(x) (NCL's ``rep_relu``: no dead units)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        cdf = 0.5 * (1.0 + torch.erf(x * 0.7071067811865476))
-        pdf = torch.exp(-0.5 * x * x) * 0.3989422804014327
-        return grad_out * (cdf + x * pdf)
-
-
-def rep_relu(x: torch.Tensor) -> torch.Tensor:
-    return _RepReLU.apply(x)
-
-
-NON_NEGATIVITY.register("none")(lambda x: x)
-NON_NEGATIVITY.register("relu")(F.relu)
-NON_NEGATIVITY.register("rep_relu")(rep_relu)
-
-
-@NON_NEGATIVITY.register("topk")
-class TopK(nn.Module):
-    """ReLU, then each row's k largest entries kept and the rest set to 0: the top-k activation of k-sparse
-    autoencoders and CSR (``--method ncl_topk``), trained end to end; gradients reach the kept entries only. k
-    follows ``pyro_ncl.budget.Budget``: from ``--budget-start`` down to ``--topk`` over ``--budget-anneal-epochs`` in training, ``--topk``
-    in evaluation mode. Deterministic: no latent variable, no prior. [N, K] → [N, K]."""
-
-    def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0, schedule: str = "geometric",
-                 start: Optional[int] = None):
-        super().__init__()
-        self.budget = Budget(feature_dim, check_budget(k, feature_dim, "--topk"), anneal_epochs, schedule, start)
-
-    @classmethod
-    def build(cls, feature_dim: int, topk=None, anneal_epochs=None, epochs: int = 1, schedule: str = "geometric",
-              start: Optional[int] = None) -> "TopK":
-        return cls(feature_dim, topk if topk is not None else default_topk(feature_dim),
-                   anneal_epochs if anneal_epochs is not None else default_anneal_epochs(epochs), schedule, start)
-
-    def set_progress(self, epochs_done: float) -> None:
-        self.budget.set_progress(epochs_done)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(x)
-        k = self.budget.now(self.training)
-        if k >= x.shape[-1]:
-            return x
-        keep = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, torch.topk(x, k, dim=-1).indices, True)
-        return torch.where(keep, x, torch.zeros_like(x))
-
-
-# ---------------------------------------------------------------- backbones
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class SmallResNet(nn.Module):
-    """A 4-stage ResNet (one basic block of two 3×3 convs per stage, widths w, 2w, 4w, 8w) for 28–32 px
-    images on a CPU. Output: global-average-pooled features of size 8·width."""
-
-    def __init__(self, in_channels: int = 1, width: int = 16):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        widths = [width, 2 * width, 4 * width, 8 * width]
-        blocks, cin = [], width
-        for i, w in enumerate(widths):
-            blocks.append(BasicBlock(cin, w, 1 if i == 0 else 2))
-            cin = w
-        self.blocks = nn.Sequential(*blocks)
-        self.out_dim = cin
-
-    def forward(self, x):
-        return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
-
-
-@BACKBONES.register("small_resnet")
-def small_resnet(in_channels: int, width: int = 16, cifar_stem: bool = True) -> nn.Module:
-    return SmallResNet(in_channels, width)
-
-
-def _torchvision_resnet(name: str, in_channels: int, cifar_stem: bool) -> nn.Module:
-    net = getattr(torchvision.models, name)(weights=None)
-    if cifar_stem:
-        net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        net.maxpool = nn.Identity()
-    elif in_channels != 3:
-        net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-    net.out_dim = net.fc.in_features
-    net.fc = nn.Identity()
-    return net
-
-
-@BACKBONES.register("resnet18")
-def resnet18(in_channels: int, width: int = 16, cifar_stem: bool = False) -> nn.Module:
-    return _torchvision_resnet("resnet18", in_channels, cifar_stem)
-
-
-@BACKBONES.register("resnet50")
-def resnet50(in_channels: int, width: int = 16, cifar_stem: bool = False) -> nn.Module:
-    return _torchvision_resnet("resnet50", in_channels, cifar_stem)
+from pyro_ncl.backbones import BACKBONES
+from pyro_ncl.non_negativity import NON_NEGATIVITY
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

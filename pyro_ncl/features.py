@@ -20,8 +20,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from pyro_ncl.data.folder import ImageReadError
-from pyro_ncl.data.image_tree import Problems, walk_images
+from pyro_ncl.data.file_data import ImageReadError
+from pyro_ncl.data.folder import Problems, walk_images
 from pyro_ncl.evaluation import extract
 from pyro_ncl.trained_run import Run
 

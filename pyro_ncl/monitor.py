@@ -22,8 +22,8 @@ MONITOR_IMAGES = 512
 
 def monitor_images(data: DataBundle, n: int, batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """x [n', C, H, W] (normalised as for evaluation), y [n'] on the CPU; n' = min(n, training images)."""
-    if hasattr(data, "train_samples") and hasattr(data, "eval_transform"):  # a file dataset (pyro_ncl.data.folder)
-        from pyro_ncl.data.folder import spread_subset
+    if hasattr(data, "train_samples") and hasattr(data, "eval_transform"):  # a file dataset (pyro_ncl.data.file_data)
+        from pyro_ncl.data.file_data import spread_subset
 
         samples = spread_subset(data.train_samples, n)
         x = torch.stack([data.eval_image(path) for path, _ in samples])

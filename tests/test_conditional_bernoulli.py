@@ -12,7 +12,7 @@ import torch
 import sequential_reference as sequential
 
 from guides import BudgetGate, ExactKGate
-from models.priors import BernoulliPrior
+from models.bernoulli import BernoulliPrior
 from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
 from pyro_ncl.distributions import StraightThroughBernoulli
 from pyro_ncl.likelihoods import nt_xent

@@ -17,8 +17,8 @@ from pyro_ncl import checkpoint
 from pyro_ncl.checkpoint import gather_rng_states, restore_training_state, training_state
 from pyro_ncl.config import Config
 from pyro_ncl.data.base import ImageTensors, InMemoryData
-from pyro_ncl.data.folder import FolderData
-from pyro_ncl.data.imagenet import imagenet_device_augment, imagenet_eval_transform, normalise
+from pyro_ncl.data.file_data import FolderData
+from pyro_ncl.data.imagenet100 import imagenet_device_augment, imagenet_eval_transform, normalise
 from pyro_ncl.system import accelerate, build_system
 from pyro_ncl.train import SVITrainer
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pyro_ncl.data import DATASETS, DatasetNotFound
-from pyro_ncl.data.folder import ImageReadError, load_image
+from pyro_ncl.data.file_data import ImageReadError, load_image
 
 CLASSES = ("ant", "bee", "cow")
 
@@ -85,9 +85,9 @@ def test_grayscale_tree_gives_one_channel_and_channels_can_be_declared(tmp_path)
 
 
 def test_given_statistics_are_used_and_the_recipe_follows_the_size(tree, monkeypatch):
-    from pyro_ncl.data import image_tree
+    import pyro_ncl.data.folder as folder_dataset
 
-    monkeypatch.setattr(image_tree, "image_statistics", lambda *a: pytest.fail("statistics recomputed"))
+    monkeypatch.setattr(folder_dataset, "image_statistics", lambda *a: pytest.fail("statistics recomputed"))
     data = load(tree, image_mean="0.5,0.5,0.5", image_std="0.25,0.25,0.25", channels=3)
     assert data.resolved_options == dict(channels=3, image_mean="0.5,0.5,0.5", image_std="0.25,0.25,0.25")
     x, _ = next(data.eval_batches("test", 4, "cpu"))

@@ -10,8 +10,8 @@ from PIL import Image
 
 from pyro_ncl.data import DATASETS, DatasetNotFound
 from pyro_ncl.data.augment import BatchAugment
-from pyro_ncl.data.folder import ImageReadError
-from pyro_ncl.data.imagenet import imagenet100_classes
+from pyro_ncl.data.file_data import ImageReadError
+from pyro_ncl.data.imagenet100 import imagenet100_classes
 
 WNIDS = imagenet100_classes()
 DISTRACTORS = ["n99999991", "n99999992"]

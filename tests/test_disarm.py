@@ -10,7 +10,7 @@ from pyro.infer import TraceGraph_ELBO
 
 from guides import GUIDES, DisarmGate, ExactBernoulliGate
 from models import ContrastiveModel
-from models.priors import BernoulliPrior
+from models.bernoulli import BernoulliPrior
 from pyro_ncl import distributed
 from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.config import Config

@@ -24,15 +24,15 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
-import guides.amortized
 import guides.exact_k
+import guides.relaxed_st
 from guides import GUIDES
 from pyro_ncl import distributed
 from pyro_ncl.checkpoint import load_checkpoint
 from pyro_ncl.config import Config
 from pyro_ncl.data.augment import BatchAugment
 from pyro_ncl.data.base import ImageTensors, InMemoryData, local_train_batches, shard_size
-from pyro_ncl.data.folder import FolderData
+from pyro_ncl.data.file_data import FolderData
 from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
 from pyro_ncl.distributions import StraightThroughBernoulli
 from pyro_ncl.likelihoods import LIKELIHOODS, BCL, NTXent, TriCL
@@ -159,11 +159,11 @@ class _FixedDraw(ConditionalBernoulli):
 def _fix_noise(uniforms):
     """Both samplers of the gated methods draw from ``uniforms`` [views, K]."""
     _FixedNoise.uniforms = _FixedDraw.uniforms = uniforms
-    guides.amortized.StraightThroughBernoulli, guides.exact_k.ConditionalBernoulli = _FixedNoise, _FixedDraw
+    guides.relaxed_st.StraightThroughBernoulli, guides.exact_k.ConditionalBernoulli = _FixedNoise, _FixedDraw
 
 
 def _unfix_noise():
-    guides.amortized.StraightThroughBernoulli, guides.exact_k.ConditionalBernoulli = (StraightThroughBernoulli,
+    guides.relaxed_st.StraightThroughBernoulli, guides.exact_k.ConditionalBernoulli = (StraightThroughBernoulli,
                                                                                       ConditionalBernoulli)
 
 

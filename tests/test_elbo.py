@@ -11,7 +11,8 @@ from pyro.infer import TraceGraph_ELBO
 
 from guides import AmortizedGate, RelaxedSoftGate
 from models import ContrastiveModel
-from models.priors import BernoulliPrior, ConcretePrior
+from models.bernoulli import BernoulliPrior
+from models.concrete import ConcretePrior
 from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.config import Config
 from pyro_ncl.likelihoods import NTXent, nt_xent

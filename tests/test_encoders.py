@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyro_ncl.encoders import build_encoder, rep_relu
+from pyro_ncl.encoders import build_encoder
+from pyro_ncl.non_negativity.rep_relu import rep_relu
 
 
 def test_rep_relu_value_is_relu_and_gradient_is_gelus():

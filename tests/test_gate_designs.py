@@ -11,8 +11,8 @@ from pyro.infer import TraceGraph_ELBO
 
 from guides import ImageGate, ValueAwareGate
 from models import ContrastiveModel
-from models.priors import BernoulliPrior
-from models.rate_prior import AggregateRatePrior
+from models.bernoulli import BernoulliPrior
+from models.rate import AggregateRatePenalty
 from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.config import Config
 from pyro_ncl.likelihoods import NTXent, nt_xent
@@ -146,7 +146,7 @@ def test_value_gate_reads_z_detached_unless_asked():
 def test_rate_penalty_is_the_kl_of_the_batch_open_rate():
     """Per view: β Σ_d KL(Bern(q̄_d) ‖ Bern(π)) with q̄ the batch mean of σ(a) — not the mean of per-gate KLs."""
     torch.manual_seed(0)
-    prior, beta = AggregateRatePrior(PI), 0.25
+    prior, beta = AggregateRatePenalty(PI), 0.25
     a = torch.tensor([[3.0, -2.0, 0.5], [2.0, -1.0, -0.5], [4.0, -3.0, 1.5], [1.0, 0.0, -2.5]], dtype=torch.float64,
                      requires_grad=True)
 
@@ -172,7 +172,7 @@ def test_rate_penalty_is_the_kl_of_the_batch_open_rate():
 
 
 def test_rate_penalty_is_zero_at_the_prior_rate_whatever_the_choice_per_view():
-    prior = AggregateRatePrior(0.25)
+    prior = AggregateRatePenalty(0.25)
     decisive = torch.tensor([[20.0], [-20.0], [-20.0], [-20.0]])    # one view of four opens: q̄ = 0.25
     coin = torch.full((4, 1), math.log(0.25 / 0.75))                 # every view a coin flip of bias 0.25
     assert prior.gate_kl(decisive, torch.tensor([0.25])).abs().max() < 1e-6

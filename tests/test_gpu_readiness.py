@@ -18,9 +18,9 @@ from pyro_ncl.checkpoint import gather_rng_states, restore_training_state, train
 from pyro_ncl.config import Config
 from pyro_ncl.data.augment import NUM_PARAMS, BatchAugment, draw
 from pyro_ncl.data.base import ImageTensors, InMemoryData
-from pyro_ncl.data.folder import FolderData
-from pyro_ncl.data.imagenet import _normalise_views, imagenet_device_augment, imagenet_eval_transform
-from pyro_ncl.data.imagenet import imagenet_train_transform, normalise
+from pyro_ncl.data.file_data import FolderData
+from pyro_ncl.data.imagenet100 import _normalise_views, imagenet_device_augment, imagenet_eval_transform
+from pyro_ncl.data.imagenet100 import imagenet_train_transform, normalise
 from pyro_ncl.system import build_system
 from pyro_ncl.train import SVITrainer
 

@@ -11,7 +11,8 @@ from pyro.infer import TraceGraph_ELBO
 
 from guides import GUIDES, AmortizedGate, ExactBernoulliGate, ExactKGate
 from models import ContrastiveModel
-from models.priors import BernoulliPrior, BetaBernoulliPrior
+from models.bernoulli import BernoulliPrior
+from models.beta_bernoulli import BetaBernoulliPrior
 from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.config import Config
 from pyro_ncl.presets import load_preset

@@ -124,10 +124,10 @@ def test_resume_from_python_uses_the_recorded_statistics(trained, tmp_path, monk
     no step left to train, and the same metrics from the same network."""
     import shutil
 
-    from pyro_ncl.data import image_tree
+    import pyro_ncl.data.folder as folder_dataset
     folder = tmp_path / "copy"
     shutil.copytree(trained.path, folder)
-    monkeypatch.setattr(image_tree, "image_statistics", lambda *a: pytest.fail("statistics recomputed"))
+    monkeypatch.setattr(folder_dataset, "image_statistics", lambda *a: pytest.fail("statistics recomputed"))
     again = pyro_ncl.run(resume=str(folder), quiet=True)
     assert again.config.image_mean == trained.config.image_mean and again.metrics["steps"] == trained.metrics["steps"]
     for key in ("knn_accuracy", "linear_probe_features", "semantic_consistency", "sparsity"):

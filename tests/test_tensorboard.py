@@ -19,7 +19,7 @@ from pyro_ncl.checkpoint import load_checkpoint
 from pyro_ncl.config import BOOKKEEPING, Config
 from pyro_ncl.data.augment import BatchAugment
 from pyro_ncl.data.base import ImageTensors, InMemoryData
-from pyro_ncl.data.folder import FolderData
+from pyro_ncl.data.file_data import FolderData
 from pyro_ncl.monitor import GateMonitor, monitor_images
 from pyro_ncl.system import build_system
 from pyro_ncl.train import seed_everything, train

@@ -230,7 +230,7 @@ class DataBundle:
         """An image file as this dataset's evaluation batches hold it, before ``eval_normalise``: decoded, converted
         to ``in_channels``, resized (shorter side) to ``image_size`` and centre-cropped: uint8 [C, S, S]."""
         import torchvision.transforms.v2 as T
-        from pyro_ncl.data.folder import load_image
+        from pyro_ncl.data.file_data import load_image
         resize = T.Compose([T.Resize(self.image_size, antialias=True), T.CenterCrop(self.image_size), T.ToImage()])
         return resize(load_image(path, "L" if self.in_channels == 1 else "RGB"))
 

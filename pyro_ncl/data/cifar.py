@@ -1,4 +1,6 @@
-"""CIFAR-10 / CIFAR-100 (``cifar10``, ``cifar100``) from torchvision's on-disk format, held in memory.
+"""The CIFAR reader of CIFAR-10 / CIFAR-100 (torchvision's on-disk format, held in memory), their dataset factory
+and the small-image augmentation; ``cifar10.py`` and ``cifar100.py`` register the datasets (this helper module
+registers nothing).
 
 ``root`` (default ``data``) holds ``cifar-10-batches-py/{data_batch_1..5, test_batch}`` or
 ``cifar-100-python/{train, test}``: pickled dicts with ``data`` uint8 [N, 3072] (the R, G, B planes of a 32×32
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from pyro_ncl.data.augment import BatchAugment
-from pyro_ncl.data.base import DATASETS, ImageTensors, InMemoryData, check_num_workers, error_reason, reject_options
+from pyro_ncl.data.base import ImageTensors, InMemoryData, check_num_workers, error_reason, reject_options
 from pyro_ncl.data.base import torchvision_folder
 from pyro_ncl.safe_unpickle import load_data_pickle
 
@@ -70,7 +72,8 @@ def _download(name: str, root: Path) -> None:
     download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
 
 
-def _cifar(name: str):
+def cifar_dataset(name: str):
+    """The factory of the CIFAR dataset ``name`` (``cifar10`` or ``cifar100``)."""
     folder, train_files, test_files, label_key, classes, mean, std, _ = SPECS[name]
 
     def build(root=None, subset=None, download: bool = False, num_workers: int = 0, val_size=None,
@@ -89,7 +92,3 @@ def _cifar(name: str):
                             augment=cifar_augment(32), val_size=val_size, exclude_classes=exclude_classes)
     build.__doc__ = f"{name}: (root=None, subset=None, download=False, num_workers=0) → InMemoryData, 32 px RGB."
     return build
-
-
-for _name in SPECS:
-    DATASETS.register(_name)(_cifar(_name))

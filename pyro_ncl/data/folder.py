@@ -1,300 +1,344 @@
-"""File-based image datasets: ``FolderData`` decodes images with a torch ``DataLoader`` and per-sample transforms.
+"""Your own images (``folder``): an ImageFolder tree read with ``FolderData``, optionally pre-trained on a folder of
+unlabelled images.
 
-Reproducibility: the batch order of an epoch is ``epoch_permutation(num_train, seed, epoch)`` and the two views of
-the image at position p of that order come from torch's RNG seeded with ``sample_seed(seed, epoch, p)`` inside a
-``torch.random.fork_rng()`` block, so batches depend only on (seed, epoch, step): not on ``num_workers``, on the
-worker that decodes an image, or on where a resumed run starts.
+    root/train/CLASS/*.png|jpg|…     labels: the class folders of train/, sorted by name (nested folders inside a
+    root/test/CLASS/…                class folder belong to it); the held-out split: test/, or val/ when there is
+    root/val/CLASS/…                 no test/ (as ImageNet's); with both, val/ is the validation split the end of a
+                                     run scores and test/ stays unread (``evaluate.py``/``extract.py --split test``)
 
-Unreadable images raise ``ImageReadError("cannot read image PATH: REASON")`` when first read; with
-``skip_bad_images=True`` every image is decoded once at construction and the bad ones are left out and counted
-(``num_skipped``, plus one warning line).
+``unlabelled_root``: training draws from every image under that folder (nested or not, label -1) instead of
+train/; train/ and the held-out split are what the evaluation fits and scores, as STL-10's unlabeled split is used.
 
-Decoding (``load_image``) admits only Pillow's own raster decoders (``SAFE_FORMATS``: no EPS, which Pillow hands to
-Ghostscript) and converts every image to one mode: "RGB" (3 channels) or "L" (1 channel); 16-bit grayscale is
-scaled to 8 bits (Pillow's own conversion would clip it at 255).
+Images of any mode and size: converted to ``channels`` (1: grayscale, 3: RGB; auto: 1 when the sampled training
+images are all grayscale), cropped and resized to ``image_size`` (32 by default) by the small-image recipe (SimCLR's
+CIFAR one) up to 96 px, the ImageNet one (with blur) above. The workers crop and flip (uint8 views); colour jitter,
+grayscale, blur and normalisation run in batches on the training device. Normalisation statistics: computed from up
+to ``STATS_IMAGES`` training images as the evaluation sees them (``image_mean``/``image_std`` when given), and
+returned in ``resolved_options`` with the channel count, so that the run records them in config.json and a resumed
+or reloaded run normalises exactly as it trained.
+
+What a real folder holds, and what it gives (``skip_bad_images``: left out and counted in ``skipped``, one warning
+line, instead of a one-line error naming the file):
+    a file without an image extension (README.txt, labels.csv), a hidden file or folder (.DS_Store, ._x.jpg): ignored
+        (counted in ``num_ignored``);
+    an unreadable or truncated image, a non-image with an image extension: ``ImageReadError`` when first read (or
+        while the statistics are computed); skipped after a full decode at start with ``skip_bad_images``;
+    an image name that is not a regular file (a FIFO, a device, a broken link): refused by name (a FIFO would hang);
+    an empty class folder; a class in val/ or test/ that train/ lacks; a symlink loop: refused by name;
+    images of different sizes and modes: resized and converted.
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
+import torchvision.transforms.v2 as T
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data import default_collate
 
-from pyro_ncl.backends import default_num_workers
-from pyro_ncl.data.base import DataBundle, check_num_workers, check_subset, epoch_permutation, error_reason, key_seed
-from pyro_ncl.data.base import shard_rows, step_generator
+from pyro_ncl.data.augment import BatchAugment, Normalise
+from pyro_ncl.data.base import DATASETS, DatasetNotFound, reject_options
+from pyro_ncl.data.cifar import cifar_augment
+from pyro_ncl.data.file_data import IMG_EXTENSIONS, SAFE_FORMATS, FolderData, ImageReadError, Samples, load_image
+from pyro_ncl.data.file_data import spread_subset
+from pyro_ncl.data.imagenet100 import BLUR_PROB, CROP_SCALE, GRAYSCALE_PROB, JITTER, JITTER_PROB, blur_settings
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
-# Pillow's own decoders for those extensions (JPEG opens cameras' MPO files too); never EPS (Ghostscript), whatever
-# the file's name or first bytes
-SAFE_FORMATS = ("JPEG", "PNG", "BMP", "PPM", "WEBP", "TIFF")
-Samples = List[Tuple[str, int]]  # (image path, label)
+NAME = "folder"
+DEFAULT_SIZE = 32
+SMALL_UP_TO = 96  # sizes up to this use the small-image recipe (CIFAR, STL-10), larger ones the ImageNet recipe
+STATS_IMAGES = 1000  # training images the normalisation statistics are computed from (a fixed spread)
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+PLURALS = {"unreadable image": "unreadable images", "empty class folder": "empty class folders",
+           "image of a class train/ lacks": "images of classes train/ lacks", "symlink loop": "symlink loops"}
+LAYOUT = "expected DIR/train/CLASS/*.png|jpg|… and DIR/test/CLASS/… (or DIR/val/CLASS/…)"
 
 
-class ImageReadError(ValueError):
-    """An image file that PIL cannot decode; the message names the file."""
+# ---------------------------------------------------------------- what a folder holds
+@dataclass
+class Problems:
+    """The bad entries met while listing a tree: the first one is a one-line ValueError, unless ``skip`` (then
+    each is counted by kind in ``counts``; ``first`` keeps the first message)."""
+    skip: bool
+    counts: Dict[str, int] = field(default_factory=dict)
+    first: Optional[str] = None
+    ignored: int = 0
+
+    def add(self, kind: str, message: str, count: int = 1) -> None:
+        if not self.skip:
+            raise ValueError(f"{NAME}: {message} (or pass --skip-bad-images to leave it out)")
+        self.counts[kind] = self.counts.get(kind, 0) + count
+        self.first = self.first or message
+
+    def warn(self) -> None:
+        if self.counts:
+            what = ", ".join(f"{n} {kind if n == 1 else PLURALS[kind]}" for kind, n in self.counts.items())
+            warnings.warn(f"{NAME}: skipped {what} (first: {self.first})", stacklevel=3)
 
 
-def image_files(folder: Path) -> List[Path]:
-    """The image files directly inside ``folder`` (by extension, case-insensitive), sorted by name."""
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket")]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def folder_key(path: Path) -> Tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _entries(folder: Path, problems: Problems, unreadable_images: bool) -> Iterator[Tuple[Path, os.stat_result]]:
+    """(path, stat) of each entry of ``folder`` by name, links followed; hidden files are ignored (counted), a
+    symlink loop is a problem, another entry that cannot be stat'ed is an unreadable image when it is named like
+    one and ``unreadable_images``, else ignored."""
     with os.scandir(folder) as entries:
-        return sorted(Path(e.path) for e in entries
-                      if e.is_file() and os.path.splitext(e.name)[1].lower() in IMG_EXTENSIONS)
-
-
-def load_image(path: str, mode: str = "RGB") -> Image.Image:
-    """Decode an image (``SAFE_FORMATS`` only) to ``mode`` ("RGB" or "L"); any PIL/OS failure becomes a one-line
-    ``ImageReadError`` naming the file."""
-    try:
-        with Image.open(path, formats=SAFE_FORMATS) as img:
-            return _converted(img, mode)
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise ImageReadError(f"cannot read image {path}: {error_reason(err)}") from None
-
-
-def load_rgb(path: str) -> Image.Image:
-    """``load_image(path, "RGB")``."""
-    return load_image(path, "RGB")
-
-
-def _converted(img: Image.Image, mode: str) -> Image.Image:
-    """``img`` in ``mode``; 16- and 32-bit integer grayscale scaled from 0..65535 to 0..255 first."""
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        values = np.asarray(img, dtype=np.float64) / 257.0
-        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
-    return img.convert(mode)
-
-
-def _check_one(path: str) -> Optional[str]:
-    """None if ``path`` decodes fully (JPEGs decoded at reduced scale: fast, still reads the whole stream)."""
-    try:
-        with Image.open(path, formats=SAFE_FORMATS) as img:
-            img.draft("RGB", (64, 64))
-            img.load()
-        return None
-    except Exception as err:
-        return error_reason(err)
-
-
-def find_bad_images(paths: Sequence[str], threads: Optional[int] = None) -> List[Tuple[str, str]]:
-    """(path, reason) of every image in ``paths`` that cannot be decoded (decoded in a thread pool)."""
-    with ThreadPoolExecutor(threads or min(16, (os.cpu_count() or 1) * 2)) as pool:
-        reasons = list(pool.map(_check_one, paths))
-    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
-
-
-def sample_seed(seed: int, epoch: int, position: int) -> int:
-    """A 63-bit seed for the transforms of the image at ``position`` of epoch ``epoch``'s order."""
-    return key_seed(seed, epoch, position)
-
-
-class _Failed(NamedTuple):
-    """Returned instead of a sample when decoding fails, so that the error crosses worker processes intact."""
-    message: str
-
-
-def _collate(items):
-    failed = [item for item in items if isinstance(item, _Failed)]
-    return failed[0] if failed else default_collate(items)
-
-
-class _TwoViews(Dataset):
-    """item (index, transform seed) → (view1 [C,S,S], view2 [C,S,S], label, index)."""
-
-    def __init__(self, samples: Samples, transform: Callable, mode: str = "RGB"):
-        self.samples, self.transform, self.mode = samples, transform, mode
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, item):
-        index, key = item
-        path, label = self.samples[index]
+        ordered = sorted(entries, key=lambda e: e.name)
+    for entry in ordered:
+        path = Path(entry.path)
+        if _is_hidden(entry.name):
+            problems.ignored += 1
+            continue
         try:
-            img = load_image(path, self.mode)
-        except ImageReadError as err:
-            return _Failed(str(err))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key)
-            return self.transform(img), self.transform(img), label, index
-
-
-class _Plain(Dataset):
-    """index → (image [C,S,S], label), the evaluation transform."""
-
-    def __init__(self, samples: Samples, transform: Callable, mode: str = "RGB"):
-        self.samples, self.transform, self.mode = samples, transform, mode
-
-    def __len__(self):
-        return len(self.samples)
-
-    def __getitem__(self, index):
-        path, label = self.samples[index]
-        try:
-            return self.transform(load_image(path, self.mode)), label
-        except ImageReadError as err:
-            return _Failed(str(err))
-
-
-class _EpochBatches(Sampler):
-    """Batches of (index, transform seed) for steps start_step.. of one epoch; set ``seed/epoch/start_step``
-    before each pass (the sampler runs in the main process, so persistent workers see the new state)."""
-
-    def __init__(self, num_items: int, batch_size: int):
-        self.num_items, self.batch_size = num_items, batch_size
-        self.seed = self.epoch = self.start_step = 0
-        self.rank, self.world_size = 0, 1  # data parallelism: this process's rows of each global batch
-
-    def __len__(self):
-        return max(0, self.num_items // self.batch_size - self.start_step)
-
-    def __iter__(self):
-        order = epoch_permutation(self.num_items, self.seed, self.epoch).tolist()
-        b = self.batch_size
-        rows = shard_rows(b, self.rank, self.world_size)
-        batches = [[(order[p], sample_seed(self.seed, self.epoch, p))
-                    for p in range(s * b + rows.start, s * b + rows.stop)]
-                   for s in range(self.start_step, self.num_items // b)]
-        return iter(batches)
-
-
-def _unwrap(batch):
-    if isinstance(batch, _Failed):
-        raise ImageReadError(batch.message)
-    return batch
-
-
-def spread_subset(samples: Samples, n: int) -> Samples:
-    """A fixed random choice of ``n`` samples (kept in their order), so that a subset spans all classes."""
-    if n >= len(samples):
-        return list(samples)
-    keep = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return [samples[i] for i in keep.tolist()]
-
-
-class FolderData(DataBundle):
-    """Images read from files. ``train_samples``/``test_samples``: lists of (path, label). ``train_transform``
-    maps a PIL image to one normalised view [C, S, S] (drawing from torch's global RNG); ``eval_transform``
-    maps it to [C, S, S] deterministically. ``subset``: a fixed random choice of that many training images.
-    One pass (train or eval) at a time per batch size: the DataLoaders are cached and their workers persist.
-    ``num_workers``: None ("auto") is resolved for the device of the first pass (``default_num_workers``: a share
-    of the visible cores on CUDA, 0 on the CPU).
-    ``device_augment(x, generator, rows, batch_size)``: when given, finishes each batch of views on the training
-    device (the workers then ship uint8 views, a quarter of float32's volume): e.g. normalisation only, or the
-    colour work after a crop in the workers, with a generator fixed by (seed, epoch, step), drawing its parameters
-    for the whole global batch of ``batch_size`` and applying those of ``rows`` (this process's shard; None: all).
-    ``device_normalize(x)``: likewise for the evaluation batches (uint8 from ``eval_transform``).
-    ``val_samples``: a validation split ("val", then the split the end-of-run evaluation scores). ``pool_samples``:
-    the images training draws from when they are not the labelled training images (unlabelled pre-training, label
-    -1; ``subset`` then chooses among them), the labelled ones staying the evaluation's "train" split.
-    ``in_channels`` 1 decodes images to grayscale ("L"), 3 to RGB."""
-
-    def __init__(self, name: str, train_samples: Samples, test_samples: Samples, num_classes: int,
-                 train_transform: Callable, eval_transform: Callable, image_size: int, subset: Optional[int] = None,
-                 num_workers: Optional[int] = 0, skip_bad_images: bool = False, in_channels: int = 3,
-                 device_augment: Optional[Callable] = None, device_normalize: Optional[Callable] = None,
-                 val_samples: Optional[Samples] = None, pool_samples: Optional[Samples] = None):
-        self.name, self.num_classes, self.image_size, self.in_channels = name, num_classes, image_size, in_channels
-        self.mode = "L" if in_channels == 1 else "RGB"
-        self.num_workers = check_num_workers(num_workers)
-        self.num_skipped = 0
-        splits = {"train": list(train_samples), "test": list(test_samples), "val": list(val_samples or []),
-                  "pool": list(pool_samples or [])}
-        if skip_bad_images:
-            splits = self._drop_bad(splits)
-        pool = splits["pool"] if pool_samples is not None else splits["train"]
-        n = check_subset(subset, len(pool), name)
-        pool = spread_subset(pool, n)
-        self.train_samples = pool if pool_samples is None else splits["train"]
-        self.pool_samples, self.test_samples = pool, splits["test"]
-        self.val = self.val_samples = splits["val"] if val_samples is not None else None
-        self.num_train = n
-        self.train_transform, self.eval_transform = train_transform, eval_transform
-        self.device_augment, self.device_normalize = device_augment, device_normalize
-        self._loaders: Dict[tuple, DataLoader] = {}
-
-    @property
-    def num_eval_train(self) -> int:
-        return len(self.train_samples)
-
-    def _drop_bad(self, splits: Dict[str, Samples]) -> Dict[str, Samples]:
-        every = [p for samples in splits.values() for p, _ in samples]
-        bad = dict(find_bad_images(list(dict.fromkeys(every))))
-        self.num_skipped = len(bad)
-        if bad:
-            first, reason = next(iter(bad.items()))
-            warnings.warn(f"{self.name}: skipped {len(bad)} unreadable image(s) of {len(set(every))} "
-                          f"(first: {first}: {reason})", stacklevel=4)
-        return {split: [s for s in samples if s[0] not in bad] for split, samples in splits.items()}
-
-    def split_samples(self, split: str) -> Samples:
-        """The (path, label) list of an evaluation split: "train" (the labelled training images in use), "val"
-        (when there is one) or "test"."""
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        if split == "val" and self.val_samples is None:
-            raise ValueError(f"{self.name} has no validation split")
-        return {"train": self.train_samples, "val": self.val_samples, "test": self.test_samples}[split]
-
-    def eval_image(self, path: str) -> torch.Tensor:
-        """One image file as an evaluation batch holds it before ``eval_normalise`` ([C, S, S])."""
-        return self.eval_transform(load_image(path, self.mode))
-
-    def eval_normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.device_normalize is None else self.device_normalize(x)
-
-    def _loader(self, kind: str, batch_size: int, device) -> DataLoader:
-        pin = torch.device(device).type == "cuda"
-        key = (kind, batch_size, pin)
-        if key not in self._loaders:
-            workers = self.num_workers if self.num_workers is not None else default_num_workers(device)
-            common = dict(num_workers=workers, pin_memory=pin, collate_fn=_collate, persistent_workers=workers > 0,
-                          generator=torch.Generator().manual_seed(0))  # leaves torch's global RNG alone
-            if kind == "train":
-                dataset = _TwoViews(self.pool_samples, self.train_transform, self.mode)
-                loader = DataLoader(dataset, batch_sampler=_EpochBatches(self.num_train, batch_size), **common)
+            info = os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                problems.add("symlink loop", f"{path} is a symlink loop ({err.strerror})")
+            elif unreadable_images and path.suffix.lower() in IMG_EXTENSIONS:
+                problems.add("unreadable image", f"cannot read image {path}: {err.strerror}")
             else:
-                samples = self.split_samples(kind[len("eval-"):])
-                loader = DataLoader(_Plain(samples, self.eval_transform, self.mode), batch_size=batch_size,
-                                    shuffle=False, **common)
-            self._loaders[key] = loader
-        return self._loaders[key]
+                problems.ignored += 1
+            continue
+        yield path, info
 
-    def train_batches(self, batch_size, epoch, seed, device, start_step=0, rank=0, world_size=1) -> Iterator:
-        """(x1 [B,C,S,S], x2 [B,C,S,S], y [B], index [B]) for steps start_step..steps_per_epoch-1; with
-        ``world_size`` > 1 process ``rank``'s B/G rows of each global batch (only those images are decoded)."""
-        self.steps_per_epoch(batch_size)
-        rows = shard_rows(batch_size, rank, world_size)  # refuses B % G != 0
-        loader = self._loader("train", batch_size, device)
-        sampler = loader.batch_sampler
-        sampler.seed, sampler.epoch, sampler.start_step = seed, epoch, start_step
-        sampler.rank, sampler.world_size = rank, world_size
-        for step, batch in enumerate(loader, start=start_step):
-            x1, x2, y, index = _unwrap(batch)
-            x1, x2 = x1.to(device, non_blocking=True), x2.to(device, non_blocking=True)
-            if self.device_augment is not None:
-                gen = step_generator(seed * 1009, epoch, step)
-                x1, x2 = (self.device_augment(x, gen, rows, batch_size) for x in (x1, x2))
-            yield x1, x2, y.to(device, non_blocking=True), index.to(device, non_blocking=True)
 
-    def eval_batches(self, split, batch_size, device) -> Iterator:
-        """(x [B,C,S,S], y [B]) over the split in file order (train: the labelled training images in use; "val"
-        when there is a validation split)."""
-        self.split_samples(split)  # refuses an unknown split
-        if batch_size < 1:
-            raise ValueError(f"eval batch size must be at least 1, got {batch_size}")
-        for batch in self._loader(f"eval-{split}", batch_size, device):
-            x, y = _unwrap(batch)
-            x = x.to(device, non_blocking=True)
-            yield (x if self.device_normalize is None else self.device_normalize(x)), y.to(device, non_blocking=True)
+def walk_images(folder: Path, problems: Problems, above: FrozenSet[Tuple[int, int]] = frozenset(),
+                seen: Optional[set] = None) -> List[Path]:
+    """Every image file under ``folder`` (nested folders included; symlinked folders followed), sorted by path.
+    A folder that leads back to one above it (``above``: their (device, inode)) is a symlink loop; one reached
+    twice by other links is listed once (``seen``)."""
+    seen = set() if seen is None else seen
+    here = above | {folder_key(folder)}
+    found: List[Path] = []
+    for path, info in _entries(folder, problems, unreadable_images=True):
+        is_image = path.suffix.lower() in IMG_EXTENSIONS
+        if stat.S_ISDIR(info.st_mode):
+            key = (info.st_dev, info.st_ino)
+            if key in here:
+                problems.add("symlink loop", f"{path} leads back to a folder above it (a symlink loop)")
+            elif key not in seen:
+                seen.add(key)
+                found.extend(walk_images(path, problems, here, seen))
+        elif not is_image:
+            problems.ignored += 1
+        elif not stat.S_ISREG(info.st_mode):
+            problems.add("unreadable image", f"{path} is not a regular file ({_file_kind(info.st_mode)})")
+        else:
+            found.append(path)
+    return found
 
-    def close(self) -> None:
-        """Drop the cached DataLoaders (their worker processes exit)."""
-        self._loaders.clear()
+
+def class_folders(split: Path, problems: Problems) -> Dict[str, List[Path]]:
+    """{class name: its images} of a split folder (sorted by name); an empty class folder is a problem, files
+    directly in the split folder are ignored (refused when they are images and there are no class folders)."""
+    above = frozenset({folder_key(split.parent), folder_key(split)})
+    classes: Dict[str, List[Path]] = {}
+    loose = 0
+    for path, info in _entries(split, problems, unreadable_images=False):
+        if not stat.S_ISDIR(info.st_mode):
+            loose += path.suffix.lower() in IMG_EXTENSIONS
+            problems.ignored += 1
+        elif (info.st_dev, info.st_ino) in above:
+            problems.add("symlink loop", f"{path} leads back to a folder above it (a symlink loop)")
+        else:
+            images = walk_images(path, problems, above)
+            if images:
+                classes[path.name] = images
+            else:
+                problems.add("empty class folder", f"class folder {path} holds no images")
+    if not classes and loose:
+        raise ValueError(f"{NAME}: {split} holds {loose} image(s) but no class folders: put each class's images in "
+                         f"{split}/CLASS/ (images without labels: --unlabelled-root)")
+    return classes
+
+
+def labelled_samples(split: Path, classes: List[str], problems: Problems) -> Samples:
+    """(path, label) of a held-out split, labels by ``classes`` (train/'s); a class train/ lacks is a problem."""
+    found = class_folders(split, problems)
+    samples: Samples = []
+    for name, images in found.items():
+        if name not in classes:
+            shown = ", ".join(classes[:5]) + (", …" if len(classes) > 5 else "")
+            problems.add("image of a class train/ lacks", f"class {name!r} of {split} has no folder in "
+                         f"{split.parent / 'train'} (its {len(classes)} classes: {shown})", count=len(images))
+            continue
+        samples.extend((str(p), classes.index(name)) for p in images)
+    return samples
+
+
+def find_tree(root: Path, problems: Problems) -> Tuple[List[str], Samples, Optional[Samples], Samples]:
+    """(class names, train, val or None, test) of an ImageFolder tree."""
+    if not root.is_dir():
+        raise DatasetNotFound(f"{NAME}: --data-root {root} is not a folder; {LAYOUT}")
+    if not (root / "train").is_dir():
+        raise DatasetNotFound(f"{NAME}: no train/ folder in {root}; {LAYOUT}")
+    held = [split for split in ("val", "test") if (root / split).is_dir()]
+    if not held:
+        raise DatasetNotFound(f"{NAME}: neither val/ nor test/ in {root}; {LAYOUT}")
+    found = class_folders(root / "train", problems)
+    if not found:
+        raise ValueError(f"{NAME}: {root / 'train'} holds no class folders with images; {LAYOUT}")
+    classes = sorted(found)
+    train = [(str(p), label) for label, name in enumerate(classes) for p in found[name]]
+    splits = {split: labelled_samples(root / split, classes, problems) for split in held}
+    for split, samples in splits.items():
+        if not samples:
+            raise ValueError(f"{NAME}: {root / split} holds no images of the classes of train/")
+    test = splits.get("test", splits.get("val"))
+    return classes, train, splits["val"] if len(splits) == 2 else None, test
+
+
+def find_unlabelled(root: Path, problems: Problems) -> Samples:
+    """(path, -1) of every image under ``root``."""
+    if not root.is_dir():
+        raise DatasetNotFound(f"{NAME}: --unlabelled-root {root} is not a folder")
+    images = walk_images(root, problems)
+    if len(images) < 2:
+        raise ValueError(f"{NAME}: --unlabelled-root {root} holds {len(images)} image(s); at least 2 are needed")
+    return [(str(p), -1) for p in images]
+
+
+# ---------------------------------------------------------------- channels, statistics, recipe
+def guess_channels(paths: Sequence[str]) -> int:
+    """1 when every readable image in ``paths`` is grayscale (read from the headers), else 3 (unreadable ones are
+    reported when they are decoded)."""
+    def gray(path: str) -> bool:
+        try:
+            with Image.open(path, formats=SAFE_FORMATS) as img:
+                return img.mode in GRAY_MODES or img.mode.startswith("I;16")
+        except Exception:
+            return True
+    with ThreadPoolExecutor(_threads()) as pool:
+        return 1 if all(pool.map(gray, paths)) else 3
+
+
+def image_statistics(paths: Sequence[str], transform, mode: str) -> Tuple[List[float], List[float]]:
+    """Per-channel mean and standard deviation in [0, 1] of the images in ``paths`` as ``transform`` (PIL → uint8
+    [C, S, S]) gives them, over every pixel."""
+    def moments(path: str) -> torch.Tensor:
+        x = transform(load_image(path, mode)).double().div_(255).flatten(1)  # [C, S·S]
+        return torch.stack([x.sum(1), (x * x).sum(1), torch.full_like(x[:, 0], x.shape[1])])
+    with ThreadPoolExecutor(_threads()) as pool:
+        total = sum(pool.map(moments, paths))
+    mean = total[0] / total[2]
+    std = (total[1] / total[2] - mean ** 2).clamp(min=0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def _threads() -> int:
+    return min(8, (os.cpu_count() or 1) * 2)
+
+
+def format_numbers(values: Sequence[float]) -> str:
+    return ",".join(f"{v:.4f}" for v in values)
+
+
+def parse_numbers(text: str, flag: str, channels: int, positive: bool = False) -> List[float]:
+    """``"0.5,0.4,0.3"`` → floats: one per channel, finite (and > 0 when ``positive``), else a one-line ValueError."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if len(values) != channels:
+        raise ValueError(f"{flag} {text} gives {len(values)} value(s) for {channels} channel(s)")
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+        raise ValueError(f"{flag} {text}: every value must be a finite number{' > 0' if positive else ''}")
+    return values
+
+
+def photometric(image_size: int) -> BatchAugment:
+    """The colour work of the recipe for ``image_size``: SimCLR's small-image one (jitter 0.4, grayscale 0.2) up to
+    ``SMALL_UP_TO`` px, the ImageNet one (jitter 0.8, grayscale 0.2, blur scaled to the size) above."""
+    if image_size <= SMALL_UP_TO:
+        return cifar_augment(image_size)
+    kernel, sigma = blur_settings(image_size)
+    return BatchAugment(image_size, brightness=JITTER, contrast=JITTER, saturation=JITTER, jitter_prob=JITTER_PROB,
+                        grayscale_prob=GRAYSCALE_PROB, blur_prob=BLUR_PROB, blur_sigma=sigma, blur_kernel=kernel)
+
+
+def eval_transform(image_size: int) -> T.Compose:
+    """PIL → uint8 [C, S, S]: the shorter side resized to S (S·256/224 with the ImageNet recipe), centre crop S."""
+    resize = image_size if image_size <= SMALL_UP_TO else int(round(image_size * 256 / 224))
+    return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(image_size), T.ToImage()])
+
+
+def crop_transform(image_size: int) -> T.Compose:
+    """PIL → one uint8 view [C, S, S]: random resized crop (area 8–100%) and horizontal flip, in the workers."""
+    return T.Compose([T.RandomResizedCrop(image_size, scale=CROP_SCALE, antialias=True), T.RandomHorizontalFlip(),
+                      T.ToImage()])
+
+
+class _DeviceViews:
+    """``FolderData.device_augment``: uint8 crops [b, C, S, S] on the device → the recipe's colour work, normalised
+    (a class, not a closure, so that the dataset stays picklable for loader workers)."""
+
+    def __init__(self, augment: BatchAugment, normalise: Normalise):
+        self.augment, self.normalise = augment, normalise
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, rows=None, batch_size=None) -> torch.Tensor:
+        return self.normalise(self.augment.photometric(x.float().div_(255), generator, rows, batch_size))
+
+
+# ---------------------------------------------------------------- the dataset
+@DATASETS.register(NAME)
+def image_folder(root=None, subset=None, image_size: int = DEFAULT_SIZE, num_workers: Optional[int] = None,
+                 skip_bad_images: bool = False, unlabelled_root: Optional[str] = None,
+                 channels: Optional[int] = None, image_mean: Optional[str] = None, image_std: Optional[str] = None,
+                 **options) -> FolderData:
+    """An ImageFolder tree at ``root`` (see the module docstring); ``resolved_options`` of the result: the channel
+    count and the normalisation statistics it used."""
+    if "val_size" in options:
+        raise ValueError(f"--val-size: the {NAME} dataset does not carve a validation split; give it one as "
+                         f"DIR/val/ beside DIR/test/")
+    reject_options(NAME, options)
+    if root is None:
+        raise DatasetNotFound(f"{NAME}: pass --data-root DIR, the folder of your images; {LAYOUT}")
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an integer >= 8 pixels, got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"--channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    problems = Problems(skip=bool(skip_bad_images))
+    classes, train, val, test = find_tree(Path(root), problems)
+    pool = find_unlabelled(Path(unlabelled_root), problems) if unlabelled_root else None
+    problems.warn()
+    if (image_mean is None) != (image_std is None):
+        raise ValueError("--image-mean and --image-std go together: give both or neither")
+    channels = channels or guess_channels([p for p, _ in spread_subset(pool or train, STATS_IMAGES)])
+    evaluate = eval_transform(image_size)
+    data = FolderData(NAME, train, test, len(classes), crop_transform(image_size), evaluate, image_size,
+                      subset=subset, num_workers=num_workers, skip_bad_images=skip_bad_images, in_channels=channels,
+                      val_samples=val, pool_samples=pool)
+    if image_mean is None:  # from the training images in use (after --subset and --skip-bad-images)
+        sample = [p for p, _ in spread_subset(data.pool_samples, STATS_IMAGES)]
+        mean, std = image_statistics(sample, evaluate, data.mode)
+        image_mean, image_std = format_numbers(mean), format_numbers([max(s, 1e-4) for s in std])
+    normalise = Normalise(parse_numbers(image_mean, "--image-mean", channels),
+                          parse_numbers(image_std, "--image-std", channels, positive=True))
+    data.device_augment, data.device_normalize = _DeviceViews(photometric(image_size), normalise), normalise
+    data.classes, data.root = classes, Path(root)
+    data.skipped = dict(problems.counts)
+    if data.num_skipped:
+        data.skipped["unreadable image"] = data.skipped.get("unreadable image", 0) + data.num_skipped
+    data.num_skipped += sum(n for kind, n in problems.counts.items() if kind != "empty class folder")
+    data.num_ignored = problems.ignored
+    data.resolved_options = dict(channels=channels, image_mean=image_mean, image_std=image_std)
+    return data

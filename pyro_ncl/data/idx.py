@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST from the standard IDX files (``*-idx3-ubyte`` / ``*-idx1-ubyte``, optionally .gz)."""
+"""The IDX reader of MNIST and Fashion-MNIST (``*-idx3-ubyte`` / ``*-idx1-ubyte``, optionally .gz), and their dataset
+factory; ``mnist.py`` and ``fashion_mnist.py`` register it (this helper module registers nothing)."""
 from __future__ import annotations
 
 import gzip
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_ncl.data.base import (DATASETS, DatasetNotFound, InMemoryData, ImageTensors, check_num_workers,
+from pyro_ncl.data.base import (DatasetNotFound, InMemoryData, ImageTensors, check_num_workers,
                                 error_reason, reject_options)
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -95,7 +96,8 @@ def load_idx_split(root: Path, split: str, name: str) -> ImageTensors:
     return ImageTensors(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
-def _idx_dataset(name: str):
+def idx_dataset(name: str):
+    """The factory of the IDX dataset ``name`` (``mnist`` or ``fashion-mnist``)."""
     def build(root=None, subset=None, num_workers: int = 0, val_size=None, exclude_classes=None,
               **options) -> InMemoryData:
         """``num_workers`` is accepted (and checked) for a uniform interface: in-memory data need no workers."""
@@ -109,7 +111,3 @@ def _idx_dataset(name: str):
                             num_classes=10, mean=mean, std=std, subset=subset, val_size=val_size,
                             exclude_classes=exclude_classes)
     return build
-
-
-DATASETS.register("fashion-mnist")(_idx_dataset("fashion-mnist"))
-DATASETS.register("mnist")(_idx_dataset("mnist"))

@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from guides.amortized import AmortizedGate
 from guides.base import GUIDES
+from guides.relaxed_st import AmortizedGate
 
 THRESHOLD_INIT = 0.25  # θ: keep entries above a quarter of the view's largest
 SCALE_INIT = 0.05      # s: a change of 0.05 in r moves the logit by 1

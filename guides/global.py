@@ -10,8 +10,8 @@ import pyro
 import torch
 import torch.nn as nn
 
-from guides.amortized import AmortizedGate
 from guides.base import GUIDES
+from guides.relaxed_st import AmortizedGate
 from pyro_ncl.batch import EncodedBatch
 from pyro_ncl.scopes import GLOBAL
 

@@ -3,7 +3,7 @@
 The Bernoulli prior's gate term, Σ_v Σ_d KL(q(m_vd) ‖ π), decomposes (per dimension) into the mutual information
 between image and gate plus KL(q̄_d ‖ π) of the aggregate open rate q̄_d = mean_v q(m_vd = 1): it charges every
 image-specific choice, and is smallest when every gate is a coin flip of bias π — dropout, not selection. This
-prior keeps only the second part, estimated on the batch:
+penalty keeps only the second part, estimated on the batch:
 
     penalty per view = β · Σ_d KL(Bern(q̄_d) ‖ Bern(π)),   q̄_d = mean over the batch's gates of σ(a_gd),
 
@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import torch
 
-from models.priors import PRIORS, BernoulliPrior
+from models.base import PRIORS
+from models.bernoulli import BernoulliPrior
 
 RATE_CLAMP = 1e-6
 
 
 @PRIORS.register("rate")
-class AggregateRatePrior(BernoulliPrior):
+class AggregateRatePenalty(BernoulliPrior):
+    """A penalty on each dimension's open rate, not a prior: the gate sites are those of ``BernoulliPrior`` (whose
+    π it keeps), the gate term is β · Σ_d KL(Bern(q̄_d) ‖ Bern(π)) of the batch's aggregate open rates q̄ (no
+    ELBO). Registered among the priors because ``--prior`` is where a gate term is chosen."""
+
     elbo = False          # the gate term is a penalty, not the ELBO's KL
     batch_coupled = True  # the term of one gate depends on the other gates of the batch
     factorised = False    # not a product of per-gate Bernoulli terms (the structured exact_k posterior refuses it)

@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from guides.amortized import AmortizedGate
 from guides.base import GUIDES
+from guides.relaxed_st import AmortizedGate
 
 THRESHOLD_INIT = 0.02  # θ: below the smallest typical active entry of a normalised sparse z (≈ 1/√K)
 SCALE_INIT = 0.02      # s: a change of 0.02 in z moves the logit by 1

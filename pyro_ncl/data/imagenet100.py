@@ -19,7 +19,7 @@ import torchvision.transforms.v2 as T
 
 from pyro_ncl.data.augment import BatchAugment, Normalise
 from pyro_ncl.data.base import DATASETS, DatasetNotFound, reject_options
-from pyro_ncl.data.folder import FolderData, Samples, image_files
+from pyro_ncl.data.file_data import FolderData, Samples, image_files
 
 NAME = "imagenet100"
 DEFAULT_ROOT = "data/imagenet100"

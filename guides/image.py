@@ -9,8 +9,8 @@ the straight-through gradient, as in ``relaxed_st``.
 """
 from __future__ import annotations
 
-from guides.amortized import AmortizedGate
 from guides.base import GUIDES
+from guides.relaxed_st import AmortizedGate
 from pyro_ncl.scopes import IMAGE
 
 

@@ -1,0 +1,5 @@
+"""``cifar10``: CIFAR-10 from torchvision's on-disk format (``pyro_ncl.data.cifar``)."""
+from pyro_ncl.data.base import DATASETS
+from pyro_ncl.data.cifar import cifar_dataset
+
+DATASETS.register("cifar10")(cifar_dataset("cifar10"))

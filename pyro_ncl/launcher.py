@@ -25,6 +25,7 @@ from pyro_ncl.config import Config, changed_settings
 from pyro_ncl.run_folder import read_run_config
 
 RUN_SVI = Path(__file__).resolve().parent.parent / "experiments" / "run_svi.py"
+run_command = subprocess.run  # how a run is started (tests replace it with a stand-in for run_svi.py)
 
 
 def settings_differ(run_dir: Path, wanted: dict) -> List[str]:
@@ -66,8 +67,8 @@ def launch(run_dir: Path, flags: List[str], wanted: dict, threads: Optional[int]
     else:
         command, what = [*flags, "--out", str(run_dir), "--overwrite"], "trained"
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(script), *command], capture_output=True, text=True,
-                            env=thread_env(threads))
+    result = run_command([sys.executable, str(script), *command], capture_output=True, text=True,
+                         env=thread_env(threads))
     if result.returncode != 0:
         raise RuntimeError(f"run_svi failed in {run_dir}: {last_line(result)}")
     return f"{what} in {time.perf_counter() - start:.0f} s"

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+import pyro_ncl.launcher
+import pyro_ncl.sweep
 from pyro_ncl.config import Config
 from pyro_ncl.cli import build_parser, config_from_args
 from pyro_ncl.run_folder import save_config
@@ -82,31 +84,35 @@ def sweep_args(out, *grid, reference=(), run_args=("--epochs", "2")):
 
 @pytest.fixture
 def sweep(monkeypatch):
-    module = script("sweep")
-    monkeypatch.setattr(module, "plot", lambda rows, out: None)
-    return module
+    monkeypatch.setattr(pyro_ncl.sweep, "plot", lambda rows, out: None)
+    return pyro_ncl.sweep
 
 
-def test_sweep_reuses_only_runs_made_with_the_same_settings(sweep, tmp_path, monkeypatch, capsys):
+def test_sweep_reuses_runs_of_its_settings_and_never_overwrites_others(sweep, tmp_path, monkeypatch, capsys):
+    """The launcher's one policy (pyro_ncl.launcher, also frontier.py's): a finished run of the same settings is
+    skipped, an interrupted one resumed, a folder holding a run with other settings refused and left as it is."""
     fake = FakeRunSvi()
-    monkeypatch.setattr(sweep.subprocess, "run", fake)
-    sweep.main(sweep_args(tmp_path, "prior_prob=0.5,0.8"))
+    monkeypatch.setattr(pyro_ncl.launcher, "run_command", fake)
+    sweep.run_sweep(sweep_args(tmp_path, "prior_prob=0.5,0.8"))
     assert len(fake.commands) == 2
-    sweep.main(sweep_args(tmp_path, "prior_prob=0.5,0.8"))  # same settings: done before
+    sweep.run_sweep(sweep_args(tmp_path, "prior_prob=0.5,0.8"))  # same settings: done before
     assert len(fake.commands) == 2 and capsys.readouterr().out.count("done before") == 2
-    sweep.main(sweep_args(tmp_path, "prior_prob=0.5,0.8", run_args=("--epochs", "3")))  # --epochs changed
-    assert len(fake.commands) == 4 and all("--overwrite" in c and "--epochs" in c for c in fake.commands[2:])
-    assert capsys.readouterr().out.count("run again: epochs changed") == 2
+    before = (tmp_path / "prior_prob=0.5" / "metrics.json").read_text()
+    with pytest.raises(SystemExit):  # --epochs changed: refused, nothing rerun or removed
+        sweep.run_sweep(sweep_args(tmp_path, "prior_prob=0.5,0.8", run_args=("--epochs", "3")))
+    out = capsys.readouterr().out
+    assert len(fake.commands) == 2 and out.count("holds a run with other settings (epochs: 2 → 3)") == 2
+    assert (tmp_path / "prior_prob=0.5" / "metrics.json").read_text() == before
     (tmp_path / "prior_prob=0.5" / "metrics.json").unlink()  # an interrupted run of these settings: resumed
     (tmp_path / "prior_prob=0.5" / "checkpoint.pt").write_bytes(b"")
-    sweep.main(sweep_args(tmp_path, "prior_prob=0.5,0.8", run_args=("--epochs", "3")))
-    assert fake.commands[4] == ["--resume", str(tmp_path / "prior_prob=0.5")] and len(fake.commands) == 5
+    sweep.run_sweep(sweep_args(tmp_path, "prior_prob=0.5,0.8"))
+    assert fake.commands[2] == ["--resume", str(tmp_path / "prior_prob=0.5")] and len(fake.commands) == 3
 
 
 def test_sweep_fails_when_a_point_fails(sweep, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sweep.subprocess, "run", FakeRunSvi(status=2))
+    monkeypatch.setattr(pyro_ncl.launcher, "run_command", FakeRunSvi(status=2))
     with pytest.raises(SystemExit) as exit_:
-        sweep.main(sweep_args(tmp_path, "prior_prob=0.5,0.8"))
+        sweep.run_sweep(sweep_args(tmp_path, "prior_prob=0.5,0.8"))
     assert exit_.value.code == 1
     assert "2 of 2 points failed" in capsys.readouterr().err
 
@@ -122,11 +128,11 @@ def test_sweep_fails_when_a_point_fails(sweep, tmp_path, monkeypatch, capsys):
 def test_sweep_checks_every_point_and_reference_before_running_any(sweep, tmp_path, monkeypatch, grid, reference,
                                                                    run_args, expected):
     fake = FakeRunSvi()
-    monkeypatch.setattr(sweep.subprocess, "run", fake)
+    monkeypatch.setattr(pyro_ncl.launcher, "run_command", fake)
     (tmp_path / "unfinished").mkdir()
     save_config(Config(), tmp_path / "unfinished" / "config.json")
     with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        sweep.main(sweep_args(tmp_path / "sweep", *grid, reference=[r.format(tmp=tmp_path) for r in reference],
+        sweep.run_sweep(sweep_args(tmp_path / "sweep", *grid, reference=[r.format(tmp=tmp_path) for r in reference],
                               run_args=run_args))
     assert fake.commands == [] and not (tmp_path / "sweep").exists()
 

@@ -23,10 +23,8 @@ CPU figures depend on the CPU (``lscpu``): compare ratios measured in one run. `
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -37,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 from pyro_ncl.backends import cpu_model
 from pyro_ncl.conditional_bernoulli import ConditionalBernoulli
 from pyro_ncl.encoders import build_encoder
+from pyro_ncl.results_page import append_entry
 
 PRIOR_PROB = 1 / 32
 
@@ -189,31 +188,28 @@ def main(args) -> dict:
           + f"; {results['imagenet']['share']:.1%} of an ImageNet-size encoder step; anneal "
             f"{results['anneal']['geometric']['ratio']:.2f}x the final budget's step")
     if args.record:
-        record(Path(args.record), results, " ".join(sys.argv))
+        record(Path(args.record), results)
     return results
 
 
-def record(path: Path, results: dict, command: str) -> None:
-    """Append a dated entry (command, commit, hardware, the table) to a results page."""
-    from pyro_ncl.provenance import provenance, short
-
-    lines = [f"\n## {datetime.date.today().isoformat()}: the exactly-k gate's cost per training step", "",
-             f"Command: `python {command}`; {short(provenance())}; hardware: "
-             + (results["device"] if results["device"].startswith("cuda") else
-                f"{cpu_model()}, {results['threads']} thread(s)"), "",
-             "| K | k | views | aten ops / step | gate ms / step | encoder ms (small_resnet, 28 px) | gate share |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['K']} | {r['k']} | {r['views']} | {r['ops']:,} | {r['gate_s'] * 1e3:.1f} | "
-              f"{r['encoder_s'] * 1e3:.0f} | {r['share']:.1%} |" for r in results["rows"]]
+def record(path: Path, results: dict) -> None:
+    """Append the table and the two checks to a results page as a dated entry (``pyro_ncl.results_page``)."""
+    lines = ["| K | k | views | aten ops / step" + (" | kernels" if results["device"].startswith("cuda") else "")
+             + " | gate ms / step | encoder ms (small_resnet, 28 px) | gate share |",
+             "|---|---|---|---|" + ("---|" if results["device"].startswith("cuda") else "") + "---|---|---|"]
+    lines += [f"| {r['K']} | {r['k']} | {r['views']} | {r['ops']:,}" + (f" | {r['kernels']:,}" if "kernels" in r
+                                                                          else "")
+              + f" | {r['gate_s'] * 1e3:.1f} | {r['encoder_s'] * 1e3:.0f} | {r['share']:.1%} |"
+              for r in results["rows"]]
     im, an = results["imagenet"], results["anneal"]
     lines += ["", f"ImageNet-100 recipe's shapes (ResNet-18, 224 px, 16 views, K 2048, k 64): gate "
-                  f"{im['gate_s'] * 1e3:.0f} ms, encoder {im['encoder_s'] * 1e3:.0f} ms: {im['share']:.1%} of "
-                  f"encoder + gate.",
-              f"Budget anneal at K 2048, {an['views']} views: default {an['geometric']['ratio']:.2f}× the final k's "
-              f"time per step (from k_t {an['geometric']['start']}), linear from K {an['linear']['ratio']:.2f}×."]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write("\n".join(lines) + "\n")
+                  f"{im['gate_s'] * 1e3:.0f} ms, encoder forward + backward {im['encoder_s'] * 1e3:.0f} ms: "
+                  f"{im['share']:.1%} of encoder + gate.",
+              f"Budget anneal at K 2048, {an['views']} views: the default (geometric from k_t "
+              f"{an['geometric']['start']}) costs {an['geometric']['ratio']:.2f}× the final k's time per step on "
+              f"average, the linear anneal from K {an['linear']['ratio']:.2f}×."]
+    append_entry(path, "the exactly-k gate's cost per training step", lines, device=results["device"],
+                 threads=None if results["device"].startswith("cuda") else results["threads"])
 
 
 def parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ def append_entry(page: Path, title: str, lines: List[str], command: Optional[str
     from pyro_ncl.provenance import provenance, short
 
     entry = "\n".join([f"## {datetime.date.today().isoformat()}: {title}", "",
-                       f"Command: `{command or command_line()}`  ", f"Commit: {short(provenance())}  ",
+                       f"Command: `{command or command_line()}`  ", f"Code: {short(provenance())}  ",
                        f"{hardware(device, threads)}", "", *lines]).rstrip() + "\n"
     page = Path(page)
     page.parent.mkdir(parents=True, exist_ok=True)

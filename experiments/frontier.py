@@ -45,7 +45,7 @@ from typing import List
 
 from pyro_ncl.designs import load_designs, override_knobs, plan, requested_config, setting_flags
 from pyro_ncl.frontier import REFERENCE, final_designs
-from pyro_ncl.frontier_report import final_report, header, learning_curve, selection_report
+from pyro_ncl.frontier_report import final_report, header, learning_curve, record_page, selection_report
 from pyro_ncl.launcher import launch
 from pyro_ncl.measure import measure_in_subprocess, measured
 
@@ -86,6 +86,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="device of the measurement (default: cpu; training: the runs' "
                                                    "--device, auto by default)")
     p.add_argument("--summary-only", action="store_true", help="only tabulate and plot what is measured")
+    p.add_argument("--record", default=None, metavar="PAGE.md",
+                   help="append this invocation's page (frontier.md, final.md, or curve.md with --lengths) and its "
+                        "figure to a results page as a dated entry (e.g. docs/results/learning_curve.md)")
+    p.add_argument("--record-title", default=None, help="the entry's title (default: the stage's)")
     return p
 
 
@@ -169,6 +173,12 @@ def main(args, run_args: List[str]) -> dict:
     if lengths and not args.final:
         result["curve"] = learning_curve(jobs, out, header("Learning curve", command), lengths)
         print((out / "curve.md").read_text())
+    if args.record:
+        folder = next(iter(stage.values()))
+        name = "final" if args.final else "curve" if lengths else "frontier"
+        where = out if name == "curve" else folder
+        record_page(Path(args.record), args.record_title or f"{title}{'' if name != 'curve' else ': learning curve'}",
+               where / f"{name}.md", where / f"{name}.png")
     result = result[None] if not lengths else result
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(jobs)} runs failed; the first: {failures[0]}")

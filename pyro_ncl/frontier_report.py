@@ -330,3 +330,23 @@ def _every(m: Optional[dict]) -> Optional[bool]:
 
 def _yes(flag: Optional[bool]) -> str:
     return "–" if flag is None else "yes" if flag else "no"
+
+
+def record_page(page: Path, title: str, md: Path, png: Optional[Path] = None) -> str:
+    """Append a stage's page (``md``: frontier.md, final.md or curve.md, its own title and command line left out,
+    its sections one level down) and its figure (copied beside ``page``, named by the date) to a results page as a
+    dated entry (``pyro_ncl.results_page``)."""
+    import datetime
+    import shutil
+
+    from pyro_ncl.results_page import append_entry
+
+    lines = md.read_text().splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.startswith("Command:") or "; CPU:" in line), 1)
+    body = [("#" + line) if line.startswith("## ") else line for line in lines[start:]]
+    if png is not None and png.exists():
+        figure = page.parent / f"{page.stem}-{datetime.date.today().isoformat()}{png.suffix}"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, figure)
+        body = [f"![{title}]({figure.name})", *body]
+    return append_entry(page, title, body)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Tuple
@@ -33,9 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_ncl.checkpoint import CheckpointError  # noqa: E402
-from pyro_ncl.cli import OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
-from pyro_ncl.data import DatasetNotFound  # noqa: E402
+from pyro_ncl.cli import OneLineParser, int_at_least, run_script  # noqa: E402
 from pyro_ncl.trained_run import Run, extract_split, gate_frequency_by_class, load_run  # noqa: E402
 from pyro_ncl.metrics import (EPS, dimension_importance, feature_selection, interpretability_suite,  # noqa: E402
                               retrieval_precision)
@@ -254,7 +251,4 @@ def main(args) -> Dict:
 
 
 if __name__ == "__main__":
-    try:
-        exit_on_bad_input(main, parser().parse_args(), bad_input=(ValueError, DatasetNotFound, CheckpointError))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_script(main, parser())

@@ -20,9 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pyro_ncl.checkpoint import CheckpointError
-from pyro_ncl.cli import OneLineParser, exit_on_bad_input, int_at_least
-from pyro_ncl.data import DatasetNotFound
+from pyro_ncl.cli import OneLineParser, int_at_least, run_script
 from pyro_ncl.features import file_features, image_files, save_features, split_features
 from pyro_ncl.trained_run import load_run
 from pyro_ncl.runtime import local_device
@@ -70,7 +68,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        exit_on_bad_input(main, parser().parse_args(), bad_input=(ValueError, DatasetNotFound, CheckpointError))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_script(main, parser())

@@ -38,10 +38,8 @@ import torch  # noqa: E402
 import torch.nn.functional as nnf  # noqa: E402
 
 from pyro_ncl.backends import cpu_model  # noqa: E402
-from pyro_ncl.checkpoint import CheckpointError  # noqa: E402
 from pyro_ncl.config import BOOKKEEPING  # noqa: E402
-from pyro_ncl.cli import OneLineParser, exit_on_bad_input, int_at_least  # noqa: E402
-from pyro_ncl.data import DatasetNotFound  # noqa: E402
+from pyro_ncl.cli import OneLineParser, int_at_least, run_script  # noqa: E402
 from pyro_ncl.evaluation import extract  # noqa: E402
 from pyro_ncl.trained_run import Run, load_run  # noqa: E402
 from pyro_ncl.aggregate import fmt_mean_std, group_by, mean_std  # noqa: E402
@@ -429,7 +427,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        exit_on_bad_input(main, parser().parse_args(), bad_input=(ValueError, DatasetNotFound, CheckpointError))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_script(main, parser())

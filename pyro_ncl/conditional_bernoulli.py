@@ -128,8 +128,8 @@ class Tree:
     * ``draw(u)``: exact draws, top-down, with the up pass's weights.
     """
 
-    def __init__(self, t: torch.Tensor, k: int, weight_dtype: torch.dtype):
-        self.k, self.num_dims, self.weight_dtype = k, t.shape[-1], weight_dtype
+    def __init__(self, t: torch.Tensor, k: int, weight_dtype: torch.dtype, at_most: bool = False):
+        self.k, self.num_dims, self.weight_dtype, self.at_most = k, t.shape[-1], weight_dtype, at_most
         pad = max(2, 1 << (t.shape[-1] - 1).bit_length()) - t.shape[-1]
         t = _pad(t.to(COMPUTE_DTYPE), 0, pad, NEG) if pad else t.to(COMPUTE_DTYPE)
         self.left, self.right = t[..., 0::2], t[..., 1::2]  # [..., P/2]: a padded dimension (NEG) is never chosen
@@ -146,14 +146,20 @@ class Tree:
             table = table.view(table.shape[:-2] + table.shape[-1:])
             self.levels.append(table)
             self.up.append((weights, split.view(split.shape[:-2] + split.shape[-1:])))
-        self.log_z = table[..., 0, k]
+        # exactly k: log Z = U_root[k]; at most k: log Σ_{c ≤ k} e_c (the root's law of its count P(c) ∝ e_c)
+        self.log_z = torch.logsumexp(table[..., 0, :], -1) if at_most else table[..., 0, k]
 
     def outside(self, root: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(μ [..., K], H [...]) from the down pass (its weights kept for ``tangent``). ``root``: instead of exactly
         k ones, a law over the root's count, log P(c) [..., k + 1] (log 0 as NEG): then μ and H are those of the
         mixture over c of the exactly-c laws, H given c (the count's own entropy left out)."""
         # outside tables are kept less log Z, so that U + O is the log-probability that a node holds r ones
-        if root is None:
+        count_entropy = 0.0
+        if root is None and self.at_most:  # O_root[c] = 0 for every c ≤ k; the count's entropy joins H
+            out = torch.zeros_like(self.levels[-1]) - self.log_z[..., None, None]
+            log_p = self.levels[-1][..., 0, :] - self.log_z.unsqueeze(-1)
+            count_entropy = -(log_p.exp() * torch.where(log_p > NEG / 2, log_p, 0.0)).sum(-1)
+        elif root is None:
             out = _root_outside(self.k, self.log_z.device) - self.log_z[..., None, None]
         else:  # O_root[c] = log P(c) − U_root[c], log 0 where c is impossible
             top, root = self.levels[-1], root.unsqueeze(-2)  # [..., 1, k + 1]
@@ -176,7 +182,7 @@ class Tree:
         else:
             left_out = right_out = one
         mu = torch.stack([self.left + left_out, self.right + right_out], -1).flatten(-2).exp()
-        return mu[..., :self.num_dims], torch.cat(entropy, -1).sum(-1).clamp(min=0)
+        return mu[..., :self.num_dims], (torch.cat(entropy, -1).sum(-1) + count_entropy).clamp(min=0)
 
     def tangent(self, v: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """[..., K] v → [..., K] dμ = Σ_e ∂μ/∂t_e v_e (each log-sum-exp's tangent is the softmax-weighted sum of its
@@ -192,7 +198,11 @@ class Tree:
         for (weights, _), parent in zip(self.up, self.levels[1:]):
             table = (weights * _up_terms(table, parent.shape[-1], 0.0)).sum(-2)
             tangents.append(table)
-        d_log_z = table[..., 0, self.k:self.k + 1]
+        if self.at_most:  # d log Σ_c e_c = Σ_c P(c) dU_root[c]
+            p = (self.levels[-1][..., 0, :] - self.log_z.unsqueeze(-1)).exp().to(self.weight_dtype)
+            d_log_z = (p * table[..., 0, :]).sum(-1, keepdim=True)
+        else:
+            d_log_z = table[..., 0, self.k:self.k + 1]
         out = torch.zeros_like(tangents[-1])
         for weights, table in zip(self.down, reversed(tangents[:-1])):
             out = (weights * _down_terms(out, table, 0.0)).sum(-1).flatten(-3, -2)
@@ -208,13 +218,20 @@ class Tree:
         return mu * (v + d_out - d_log_z)
 
     def draw(self, u: torch.Tensor) -> torch.Tensor:
-        """Exact draws for uniforms u [S, ..., P − 1] (one per internal node: the root's, then level by level) →
-        counts [S, ..., K] in {0, 1} with exactly k ones: a node holding r ones gives its left child j of them
-        with probability p(j | r), the up pass's weights (inverse CDF)."""
-        counts = torch.full(u.shape[:-1] + (1, 1), self.k, dtype=torch.long, device=u.device)  # [S, ..., n, 1]
+        """Exact draws for uniforms u [S, ..., P − 1] (one per internal node: the root's, then level by level; at most
+        k: P, the first drawing the root's count from P(c) ∝ e_c) → counts [S, ..., K] in {0, 1} with exactly
+        (at most) k ones: a node holding r ones gives its left child j of them with probability p(j | r), the up
+        pass's weights (inverse CDF)."""
         # in the weights' precision, below 1 (a float64 uniform may round up to 1.0 in float32): u·total then stays
         # below the cdf's last value, so the share drawn is always a possible one
         u = u.to(self.weight_dtype).clamp_(max=1 - torch.finfo(self.weight_dtype).eps / 2).unsqueeze(-1)
+        if self.at_most:
+            cdf = (self.levels[-1][..., 0, :] - self.log_z.unsqueeze(-1)).exp().to(u.dtype).cumsum(-1)
+            cdf = cdf.expand(u.shape[:-2] + cdf.shape[-1:]).contiguous()
+            counts = torch.searchsorted(cdf, u[..., 0, :] * cdf[..., -1:], right=True).unsqueeze(-1)
+            u = u[..., 1:, :]
+        else:
+            counts = torch.full(u.shape[:-2] + (1, 1), self.k, dtype=torch.long, device=u.device)  # [S, ..., n, 1]
         start = 0
         for weights, _ in reversed(self.up):  # weights [..., n, w_c, w_p]: [i, r], j = w_c − 1 − i
             n, w_child, w_parent = weights.shape[-3:]
@@ -239,8 +256,8 @@ class _Tables(torch.autograd.Function):
     is left in ``holder["tree"]`` for the sampler."""
 
     @staticmethod
-    def forward(ctx, t, k, weight_dtype, holder):
-        tree = Tree(t.detach(), k, weight_dtype)
+    def forward(ctx, t, k, weight_dtype, holder, at_most=False):
+        tree = Tree(t.detach(), k, weight_dtype, at_most)
         mu, entropy = tree.outside()
         holder["tree"] = tree
         ctx.tree, ctx.t = tree, t.detach()
@@ -257,23 +274,26 @@ class _Tables(torch.autograd.Function):
         grad = ctx.tree.tangent(v, mu).to(mu.dtype)
         if g_log_z is not None:
             grad = grad + g_log_z.unsqueeze(-1) * mu
-        return grad.to(ctx.t.dtype), None, None, None
+        return grad.to(ctx.t.dtype), None, None, None, None
 
 
 # ---------------------------------------------------------------- the distribution
 class ConditionalBernoulli(dist.TorchDistribution):
-    """Masks m ∈ {0,1}^K with exactly ``k`` ones, q(m) ∝ exp(logits · m) (see the module docstring)."""
+    """Masks m ∈ {0,1}^K with exactly ``k`` ones, q(m) ∝ exp(logits · m) (see the module docstring); with
+    ``at_most=True``, with at most k ones: q(m) ∝ exp(θ·m) 1[Σ m ≤ k], Z = Σ_{c ≤ k} e_c(exp θ), the same tables
+    with the root's count drawn from P(c) ∝ e_c (its entropy H(c) part of H; no complement, no centring: a
+    constant added to every θ changes this law)."""
 
     arg_constraints = {"logits": constraints.real_vector}
     support = constraints.independent(constraints.boolean, 1)
     has_rsample = True
 
-    def __init__(self, logits: torch.Tensor, k: int, validate_args=None):
+    def __init__(self, logits: torch.Tensor, k: int, validate_args=None, at_most: bool = False):
         K = logits.shape[-1]
         if isinstance(k, bool) or int(k) != k or not 0 <= k <= K:
             raise ValueError(f"ConditionalBernoulli: k must be an integer in [0, {K}] (the number of dimensions), "
                              f"got {k}")
-        self.logits, self.k = logits, int(k)
+        self.logits, self.k, self.at_most = logits, int(k), bool(at_most)
         validate = torch.distributions.Distribution._validate_args if validate_args is None else validate_args
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=False)
         self._validate_args = validate
@@ -290,6 +310,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
             return self  # (Pyro's plates expand to the shape a site already has): its tables stay shared
         new = self._get_checked_instance(ConditionalBernoulli, _instance)
         new.logits, new.k = self.logits.expand(batch_shape + self.event_shape), self.k
+        new.at_most = self.at_most
         super(ConditionalBernoulli, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -297,7 +318,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
     # ---- the working problem: k' ones among the centred logits (the complement's when k > K/2), padded to P
     @property
     def _complement(self) -> bool:
-        return 2 * self.k > self.logits.shape[-1]
+        return 2 * self.k > self.logits.shape[-1] and not self.at_most
 
     @property
     def _working_k(self) -> int:
@@ -307,7 +328,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
     def num_uniforms(self) -> int:
         """Uniforms one draw takes (``from_uniforms``): one per internal node of the tree, P − 1 (P the number of
         dimensions rounded up to a power of two, at least 2)."""
-        return max(2, 1 << (self.logits.shape[-1] - 1).bit_length()) - 1
+        return max(2, 1 << (self.logits.shape[-1] - 1).bit_length()) - (0 if self.at_most else 1)
 
     @lazy_property
     def _shift(self) -> torch.Tensor:
@@ -316,6 +337,8 @@ class ConditionalBernoulli(dist.TorchDistribution):
         K = self.logits.shape[-1]
         with torch.no_grad():
             logits = self.logits.to(COMPUTE_DTYPE)
+            if self.at_most:
+                return torch.zeros_like(logits[..., :1])
             if self.k in (0, K):
                 return logits.mean(-1, keepdim=True)
             top = torch.topk(logits, self.k + 1, dim=-1).values
@@ -340,7 +363,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
             zero = t.new_zeros(self.batch_shape, dtype=COMPUTE_DTYPE)
             return zero, torch.zeros_like(t, dtype=COMPUTE_DTYPE), zero, None
         holder = {}
-        log_z, mu, entropy = _Tables.apply(t, self._working_k, self._weight_dtype, holder)
+        log_z, mu, entropy = _Tables.apply(t, self._working_k, self._weight_dtype, holder, self.at_most)
         return log_z, mu, entropy, holder["tree"]
 
     @property
@@ -350,7 +373,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
         if "_solved" in self.__dict__:
             return self._solved[3]
         if "_inside" not in self.__dict__:
-            self._inside = Tree(self._working.detach(), self._working_k, self._weight_dtype)
+            self._inside = Tree(self._working.detach(), self._working_k, self._weight_dtype, self.at_most)
         return self._inside
 
     @property
@@ -389,20 +412,22 @@ class ConditionalBernoulli(dist.TorchDistribution):
 
     @property
     def mode(self) -> torch.Tensor:
-        """[..., K] the most probable mask: ones on the k largest logits (ties by position)."""
-        keep = torch.topk(self.logits, self.k, dim=-1).indices
-        return torch.zeros_like(self.logits).scatter_(-1, keep, 1.0)
+        """[..., K] the most probable mask: ones on the k largest logits (ties by position); at most k: on those of
+        them that are positive."""
+        top = torch.topk(self.logits, self.k, dim=-1)
+        on = (top.values > 0).to(self.logits.dtype) if self.at_most else 1.0
+        return torch.zeros_like(self.logits).scatter_(-1, top.indices, on)
 
     def entropy(self) -> torch.Tensor:
         """[...] H = log Z − θ·μ (nats), ≥ 0."""
         return self._entropy.to(self.logits.dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """θ·m − log Z for masks with k ones, −inf otherwise."""
+        """θ·m − log Z for masks with k ones (at most k), −inf otherwise."""
         if self._validate_args:
             self._validate_sample(value)
         value = value.to(COMPUTE_DTYPE)
-        inside_support = (value.sum(-1) - self.k).abs() < 0.5
+        inside_support = value.sum(-1) < self.k + 0.5 if self.at_most else (value.sum(-1) - self.k).abs() < 0.5
         centred = self.logits.to(COMPUTE_DTYPE) - self._shift
         lp = (centred * value).sum(-1) - self._centred_log_z
         return torch.where(inside_support, lp, torch.full_like(lp, -math.inf)).to(self.logits.dtype)
@@ -424,13 +449,16 @@ class ConditionalBernoulli(dist.TorchDistribution):
         entropy of the gates on the other dimensions: for active = z's non-zero entries, gates the budget forces
         open on zeros, which change no feature."""
         K, k = self.logits.shape[-1], self.k
-        if k in (0, K):
+        if k == 0 or (k == K and not self.at_most):
             return torch.zeros(self.batch_shape, dtype=self.logits.dtype, device=self.logits.device)
         with torch.no_grad():
             centred = self.logits.to(COMPUTE_DTYPE) - self._shift
             inside = Tree(centred.masked_fill(~active, NEG), k, self._weight_dtype)
             outside_ = Tree(centred.masked_fill(active, NEG), k, self._weight_dtype)
-            log_w = inside.levels[-1][..., 0, :] + outside_.levels[-1][..., 0, :].flip(-1)  # e_c(A) e_{k−c}(Ā)
+            rest = outside_.levels[-1][..., 0, :]
+            if self.at_most:  # P(c) ∝ e_c(A) Σ_{j ≤ k − c} e_j(Ā)
+                rest = torch.logcumsumexp(rest, -1)
+            log_w = inside.levels[-1][..., 0, :] + rest.flip(-1)  # e_c(A) e_{k−c}(Ā)
             log_w = torch.where(log_w > NEG / 2, log_w, NEG)
             log_p = torch.where(log_w > NEG / 2, log_w - torch.logsumexp(log_w, -1, keepdim=True), NEG)
             count_entropy = -(log_p.exp() * torch.where(log_w > NEG / 2, log_p, 0.0)).sum(-1)

@@ -110,8 +110,9 @@ class Config:
                                 "rate, not part of an ELBO)", default=None, choices="models:PRIORS")
     guide: Optional[str] = _opt("gate guide (default: the method's): exact_k (bayesncl: exactly k = round(π·K) open "
                                 "gates per view from an exactly-k conditional Bernoulli posterior on z/s + head(h), "
-                                "SIMPLE gradient, exact KL), budget_st (Bernoulli gates around each view's k-th "
-                                "entry, straight-through), relaxed_st (exact Bernoulli draw on head(h), "
+                                "SIMPLE gradient, exact KL), atmost_k (at most k open gates: the count drawn too, "
+                                "so no gate need open on z's zeros), budget_st (Bernoulli gates around each view's "
+                                "k-th entry, straight-through), relaxed_st (exact Bernoulli draw on head(h), "
                                 "straight-through gradient), relaxed_soft (Concrete masks, with --prior concrete), "
                                 "bernoulli (score function, --baseline), disarm (exact Bernoulli, DisARM gradients, "
                                 "no relaxation), deterministic (the authors' point estimate), global (one gate for "

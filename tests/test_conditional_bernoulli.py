@@ -325,3 +325,52 @@ def test_budget_gate_thresholds_at_the_kth_entry():
     top = torch.topk(z, 4, dim=-1).values
     assert torch.allclose(a, (z - 0.5 * (top[:, 2:3] + top[:, 3:4])) / guide.scale(), atol=1e-5)
     assert torch.equal(guide.mode(h, z).sum(-1), torch.full((4,), 3.0))
+
+
+# ---------------------------------------------------------------- at most k (guide atmost_k)
+def at_most_law(theta, k):
+    """theta [K] → (masks [M, K] with at most k ones, q [M] ∝ exp(θ·m)), written out."""
+    K = theta.shape[-1]
+    masks = torch.tensor([m for m in itertools.product([0.0, 1.0], repeat=K) if sum(m) <= k], dtype=torch.float64)
+    return masks, torch.softmax(masks @ theta, 0)
+
+
+@pytest.mark.parametrize("K,k", [(5, 2), (6, 3), (7, 5), (4, 4), (3, 1)])
+def test_at_most_k_equals_enumeration(K, k):
+    """q(m) ∝ exp(θ·m) on masks with at most k ones: log Z, μ, H, the KL to Π Bernoulli(ρ_d) and its gradient
+    (with the marginals' through a weighted sum), log q, the mode and the entropy within a subset of the dimensions,
+    against enumeration in float64 (no complement and no centring: a constant added to θ changes this law)."""
+    torch.manual_seed(K * 7 + k)
+    theta = (torch.randn(K, dtype=torch.float64) * 2).requires_grad_()
+    rho = torch.rand(K, dtype=torch.float64) * 0.8 + 0.1
+    masks, q = at_most_law(theta, k)
+    d = ConditionalBernoulli(theta, k, at_most=True)
+    log_p = (masks * rho.log() + (1 - masks) * (1 - rho).log()).sum(-1)
+    kl = (q * (q.log() - log_p)).sum()
+    weight = torch.arange(K, dtype=torch.float64)
+    assert float(d.log_normalizer.detach()) == pytest.approx(float(torch.logsumexp(masks @ theta, 0)), abs=1e-10)
+    assert torch.allclose(d.marginals, q @ masks, atol=1e-10)
+    assert float(d.entropy().detach()) == pytest.approx(float(-(q * q.log()).sum()), abs=1e-10)
+    assert float(d.kl_to_bernoulli(rho).detach()) == pytest.approx(float(kl), abs=1e-10)
+    assert torch.allclose(d.log_prob(masks), q.log(), atol=1e-10)
+    assert torch.equal(d.mode, masks[q.argmax()])
+    (grad,) = torch.autograd.grad(d.kl_to_bernoulli(rho) + (d.marginals * weight).sum(), theta)
+    (expected,) = torch.autograd.grad(kl + (q @ masks * weight).sum(), theta)
+    assert torch.allclose(grad, expected, atol=1e-9)
+    active = torch.arange(K) % 2 == 0
+    marginal = {}
+    for m, p in zip(masks, q.detach()):
+        marginal[tuple(m[active].tolist())] = marginal.get(tuple(m[active].tolist()), 0.0) + float(p)
+    p = torch.tensor(list(marginal.values()), dtype=torch.float64)
+    assert float(d.entropy_within(active)) == pytest.approx(float(-(p * p.log()).sum()), abs=1e-10)
+
+
+@pytest.mark.parametrize("K,k", [(5, 2), (6, 4)])
+def test_at_most_k_draws_follow_the_exact_law(K, k):
+    """100,000 draws (the count first, one more uniform) against the enumerated law, chi-square p > 0.001."""
+    torch.manual_seed(K + k)
+    theta = torch.randn(K, dtype=torch.float64) * 1.5
+    masks, q = at_most_law(theta, k)
+    d = ConditionalBernoulli(theta, k, at_most=True)
+    assert d.num_uniforms == max(2, 1 << (K - 1).bit_length())
+    assert chi_square_p(d.sample((100_000,)), masks, q) > 1e-3

@@ -17,7 +17,8 @@ guide also reads z), and the guide's own answers about its posterior, which insp
 ``probs(h, z)`` (σ of it: the test-time gate ``--test-gate mean``), ``mode(h, z)`` (the hard gate
 1[open_logits > 0]: ``--test-gate mode``), ``entropy(h, z)`` (the posterior's entropy per view in nats: the sum of
 the per-gate Bernoulli entropies for a factorised posterior, the exact one for a structured posterior) and
-``sample_masks(h, S, z)`` (S draws of the mask), and ``answers(h, z)`` (mode, probs and entropy at once). ``posterior(logits)`` is the per-gate family (batch shape [..., K])
+``sample_masks(h, S, z)`` (S draws of the mask), and ``answers(h, z)`` (mode, probs and entropy at once).
+``posterior(logits)`` is the per-gate family (batch shape [..., K])
 of factorised guides, which ``gate_distribution`` makes one event of K gates; a structured posterior (event shape
 [K], e.g. ``exact_k``) overrides ``gate_distribution``. ``make_elbo()`` names the ELBO that trains it
 (``TraceGraph_ELBO`` unless the guide needs its own estimator).

@@ -152,7 +152,8 @@ class Config:
                                ge=2, why="one kept entry leaves a one-hot feature with no gradient")
     budget_anneal_epochs: Optional[float] = _opt("the top-k activation and the budgeted gates (exact_k, budget_st): "
                                                  "epochs over which the number of kept entries falls from "
-                                                 "--budget-start to its final k (default: 40%% of --epochs)", default=None, ge=0)
+                                                 "--budget-start to its final k (default: 40%% of --epochs)",
+                                                 default=None, ge=0)
     budget_schedule: str = _opt("the top-k activation and the budgeted gates: how the number of kept entries falls "
                                 "from --budget-start to its final k over --budget-anneal-epochs: geometric "
                                 "(start·(k/start)^f) or linear", default="geometric",

@@ -14,7 +14,8 @@ semantic consistency by count and activation-weighted, sparsity, active dimensio
 share of class-selective dimensions; gated variants add the gate's statistics (open gates per image, the posterior
 entropy per image and its part on z's non-zero entries (``doubt_entropy``; the rest is spent on gates the budget
 forces open on zeros), the share of images with at least one uncertain gate (0.1 < q(m_d = 1) < 0.9) and with one
-on a non-zero entry (``uncertain_active_images``), the mean per-gate entropy, the share of z's active entries the gate closes, class-selective gates).
+on a non-zero entry (``uncertain_active_images``), the mean per-gate entropy, the share of z's active entries the
+gate closes, class-selective gates).
 
 The comparison that cannot flatter a gate is *paired by seed* (``paired_margins``): seed s of a design against the
 baselines of seed s — NCL's post-hoc fronts (threshold, top-k; NCL itself is the q = 0 point of the threshold

@@ -73,7 +73,8 @@ def knn_accuracy(train_X: torch.Tensor, train_y: torch.Tensor, test_X: torch.Ten
     """
     C = _check_pair(train_X, train_y, test_X, test_y, num_classes)
     if k < 1 or temperature <= 0 or chunk < 1:
-        raise ValueError(f"need k >= 1, temperature > 0 and chunk >= 1, got k={k}, temperature={temperature}, chunk={chunk}")
+        raise ValueError(f"need k >= 1, temperature > 0 and chunk >= 1, got k={k}, temperature={temperature}, "
+                         f"chunk={chunk}")
     sims, idx = neighbours(test_X, train_X, k, block=chunk * train_X.shape[0])
     votes = knn_votes(sims, idx, train_y, C, temperature)
     return int((votes.argmax(1) == test_y.to(votes.device)).sum()) / test_X.shape[0]

@@ -22,7 +22,8 @@ from pyro_ncl.train import seed_everything, train
 ROOT = Path(__file__).resolve().parent.parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 LINE = re.compile(r"^epoch (\d+)/(\d+) · step (\d+)/(\d+) \| loss [\d.]+ contrastive [\d.]+ gate_kl [\d.]+ "
-                  r"(?:gate_entropy [\d.]+ budget \d+ )?open_gates [\d.]+ \| (\d+) img/s \| elapsed (\d+):(\d\d):(\d\d) · ETA (\d+):(\d\d):(\d\d)")
+                  r"(?:gate_entropy [\d.]+ budget \d+ )?open_gates [\d.]+ \| (\d+) img/s \| "
+                  r"elapsed (\d+):(\d\d):(\d\d) · ETA (\d+):(\d\d):(\d\d)")
 
 
 def test_format_duration():

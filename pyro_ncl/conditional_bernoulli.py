@@ -3,30 +3,37 @@
     q(m | θ) = Π_d σ(θ_d)^{m_d} (1 − σ(θ_d))^{1 − m_d} · 1[Σ_d m_d = k] / P(Σ_d m_d = k)
              = exp(θ·m) / e_k(exp θ)                   on masks m ∈ {0,1}^K with exactly k ones,
 
-e_k the k-th elementary symmetric polynomial. Everything is computed over a balanced binary tree of the dimensions
-(K padded to a power of two P with dimensions of weight 0), in ⌈log₂ K⌉ levels, O(K·k) work:
+e_k the k-th elementary symmetric polynomial (``at_most=True``: at most k ones, Z = Σ_{c ≤ k} e_c). Everything is
+computed over a balanced binary tree of the dimensions (K padded to a power of two P with dimensions of weight 0),
+in ⌈log₂ K⌉ levels, O(K·k) work (``Tree``):
 
-* **inside** (upward): each node holds U[j] = log e_j(its dimensions), j = 0 … min(k, size); a leaf is
-  (0, θ_d), a parent the log-space convolution of its children, U_p[r] = log Σ_j exp(U_a[j] + U_b[r − j]),
-  truncated at degree k; the root gives log Z = log e_k(exp θ);
+* **inside** (upward): each node holds U[j] = log e_j(its dimensions), j = 0 … min(k, size); a pair of dimensions
+  is (0, log(e^{θ_a} + e^{θ_b}), θ_a + θ_b) in closed form, a parent the log-space convolution of its children,
+  U_p[r] = log Σ_j exp(U_a[j] + U_b[r − j]), truncated at degree k; the root gives log Z = U_root[k];
 * **outside** (downward): each node holds O[j] = log e_{k−j}(the dimensions outside it); the root's is 0 at j = k;
   a child's is O_a[j] = log Σ_l exp(O_p[j + l] + U_b[l]) (and symmetrically for the right child). The marginals
-  are μ_d = exp(θ_d + O_d[1] − log Z) = ∂ log Z / ∂θ_d (Σ_d μ_d = k), differentiable (their gradient is the
-  Hessian of log Z, what SIMPLE's estimator needs);
+  are μ_d = exp(θ_d + O_d[1] − log Z) = ∂ log Z / ∂θ_d (Σ_d μ_d = k);
+* **the gradient** (``_Tables``): the backward pass of (log Z, μ, H) is one Hessian-vector product of log Z, by a
+  forward-mode (tangent) pass over the tree with the softmax weights of both passes: what SIMPLE's estimator (the
+  marginals' gradient) and the KL's gradient (∂H/∂θ = −Hess(log Z)·θ) need;
 * **exact sampling** (downward): the root holds k ones; a node with r ones gives j of them to its left child with
   probability exp(U_a[j] + U_b[r − j] − U_p[r]) (one uniform per internal node, P − 1 per draw, inverse CDF);
-* entropy H = log Z − θ·μ (clamped at 0 against rounding: H ≥ 0), log q(m) = θ·m − log Z;
+* **entropy** by the chain rule of that sampler: H = Σ over nodes Σ_r P(node holds r) · H(split | r), a sum of
+  non-negative terms, so H ≥ 0 and accurate however large log Z and θ·μ are (H = log Z − θ·μ loses its digits
+  there); log q(m) = θ·m − log Z;
 * mode: the k largest θ_d (the most probable mask);
 * KL to a factorised Bernoulli(ρ) prior: every mask of the support has k ones, so
-  KL(q ‖ p) = −H − Σ_d [μ_d log ρ_d + (1 − μ_d) log(1 − ρ_d)], for one ρ = π: −H − k log π − (K − k) log(1 − π).
+  KL(q ‖ p) = −H − Σ_d [μ_d log ρ_d + (1 − μ_d) log(1 − ρ_d)], for one ρ = π: −H − k log π − (K − k) log(1 − π);
+* ``entropy_within(A)``: the entropy of the gates on a subset A of the dimensions alone (the doubt among z's
+  non-zero entries, apart from gates the budget forces open on zeros).
 
-Each level is a handful of batched tensor operations, so a table costs O(log K) kernel launches whatever K
-(``experiments/bench_gate.py`` counts them). Accuracy: the tables are computed in float64 (``COMPUTE_DTYPE``) on
-logits centred per row (c, the midpoint of the row's k-th and (k + 1)-th largest logits; q ignores a constant added
-to every θ_d), and the results are returned in the logits' dtype: log Z, μ, H and the KL of float32 logits agree
-with a float64 computation to rounding of the result (``tests/test_conditional_bernoulli.py``). For k > K/2 the
-tree is that of the complement (the K − k closed gates, logits −θ), so a table is never wider than
-min(k, K − k) + 1.
+Each level is a handful of batched tensor operations, so a step costs O(log K) kernel launches whatever K
+(``experiments/bench_gate.py`` counts them). Accuracy: the tables and their maxima are float64 (``COMPUTE_DTYPE``),
+on logits centred per row (c, the midpoint of the row's k-th and (k + 1)-th largest logits; the exactly-k law
+ignores a constant added to every θ_d); the softmax weights (numbers in [0, 1]) are in the logits' precision; the
+results come back in the logits' dtype: log Z, μ, H and the KL of float32 logits agree with a float64 computation
+to about 1e-7 relative (``tests/test_conditional_bernoulli.py``). For k > K/2 the tree is that of the complement
+(the K − k closed gates, logits −θ), so a table is never wider than min(k, K − k) + 1.
 
 ``rsample`` is SIMPLE's estimator: the exact discrete sample forward, the gradient of the marginals backward
 (m + μ − stop_gradient(μ)). It is biased (``tests/test_conditional_bernoulli.py`` measures the bias on a problem

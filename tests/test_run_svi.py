@@ -1,4 +1,5 @@
 """The command line, end to end, as a user runs it."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -40,24 +41,33 @@ def test_short_run_writes_every_output(tmp_path):
     assert 0.1 < metrics["linear_probe_backbone"] <= 1.0  # better than chance on 10 classes
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["prior"], config["guide"], config["subset"]) == ("bernoulli", "exact_k", 512)
-    # a second run into the same folder is refused and loses nothing
-    before = (tmp_path / "run" / "metrics.json").read_bytes()
-    again = run("--subset", "512", "--epochs", "1", "--out", str(tmp_path / "run"))
-    assert again.returncode == 2 and "--overwrite" in again.stderr
-    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+    # a second run into a finished run's folder is refused and loses nothing: test_hostile_inputs.py ("out without
+    # --overwrite", its folder hashed before and after)
 
 
-def test_missing_dataset_is_one_clear_line(tmp_path):
-    result = run("--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+@pytest.fixture(scope="module")
+def run_svi():
+    """experiments/run_svi.py as a module: its command line in this process (test_hostile_inputs.py checks the
+    real process's exit status and one-line error)."""
+    spec = importlib.util.spec_from_file_location("run_svi_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path, run_svi, capsys):
+    assert run_svi.cli(["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path / "nowhere") in lines[0] and "apt-get install" in lines[0]
     assert not (tmp_path / "out").exists()
 
 
-def test_help_lists_every_registered_name():
-    result = run("--help")
-    text = " ".join(result.stdout.split())
+def test_help_lists_every_registered_name(run_svi, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # no name broken across lines
+    with pytest.raises(SystemExit) as done:
+        run_svi.cli(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
     for names in (DATASETS.names(), PRIORS.names(), GUIDES.names(), LIKELIHOODS.names(), sorted(METHODS)):
         for name in names:
             assert name in text

@@ -34,6 +34,7 @@ def is_reparameterised(guide_trace) -> bool:
     return all(site["is_observed"] or site["fn"].has_rsample for site in sites if site["type"] == "sample")
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")  # the recording step
 @pytest.mark.parametrize("config,refusal", list(combinations()))
 def test_one_svi_step(config, refusal):
     """The second ``SVITrainer.step`` of each valid combination against a replayed trace and a hand-written SGD update.
@@ -41,8 +42,9 @@ def test_one_svi_step(config, refusal):
     trace (same seed, same draws) and the model replayed on it; for a guide whose every latent site is
     reparameterised, its gradients are autograd's of that replayed loss; the parameters move by one SGD step of
     those gradients, p − lr_group · (momentum · b + g + weight_decay · p) (b the momentum buffer of the first step),
-    at the gate's learning rate for the guide's parameters; the encoder's backbone and the gate head get a non-zero gradient. DisARM's
-    loss (an antithetic average of two draws) is checked in tests/test_disarm.py; here only its update."""
+    at the gate's learning rate for the guide's parameters; the encoder's backbone and the gate head get a non-zero
+    gradient. DisARM's loss (an antithetic average of two draws) is checked in tests/test_disarm.py; here only its
+    update."""
     if refusal is not None:
         assert config.prior in refusal or config.guide in refusal or config.likelihood in refusal
         with pytest.raises(ValueError):
@@ -51,8 +53,8 @@ def test_one_svi_step(config, refusal):
     torch.manual_seed(0)
     system = build_system(config, in_channels=1, num_classes=4)
     trainer = SVITrainer(system, config, steps_per_epoch=2)
-    g = torch.Generator().manual_seed(1)
-    x1, x2 = torch.rand(4, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
+    gen = torch.Generator().manual_seed(1)
+    x1, x2 = torch.rand(4, 1, 28, 28, generator=gen), torch.rand(4, 1, 28, 28, generator=gen)
     y, index = torch.tensor([0, 1, 2, 3]), torch.arange(4)
     # the second step is checked: the first sets Pyro's ELBO up, and exact_k's budget starts at k = K (every gate
     # open: no gradient reaches its head) and has fallen by then

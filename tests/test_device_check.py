@@ -13,10 +13,11 @@ SCRIPT = ROOT / "experiments" / "device_check.sh"
 STEPS = 9
 # Steps of the CPU form that other tests already run on the CPU, left out here (DEVICE_CHECK_SKIP), and where:
 ELSEWHERE = {
-    "syncs": "count_syncs.py on the CPU, every path: test_gpu_readiness.py::test_every_path_waits_for_the_device_once_"
-             "per_step",
+    "syncs": "count_syncs.py on the CPU, every path: "
+             "test_gpu_readiness.py::test_every_path_waits_for_the_device_once_per_step",
     "bench_fp32": "bench_step.py: test_gpu_readiness.py (in process); the bench summary parsing: bench_fast, below",
-    "torchrun": "torchrun, two gloo processes: test_distributed.py::test_torchrun_two_processes_write_one_set_of_outputs",
+    "torchrun": "torchrun, two gloo processes: "
+                "test_distributed.py::test_torchrun_two_processes_write_one_set_of_outputs",
     "resume": "--guide bernoulli --baseline decaying resumed exactly: test_reliability.py::test_sigkill_mid_epoch_then_"
               "resume_gives_the_uninterrupted_result; its baseline restored: test_cuda.py (the tests step here) and "
               "test_gpu_readiness.py",

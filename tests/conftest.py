@@ -9,8 +9,9 @@ import pyro
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# the end-of-run evaluation on the first 500 test images: what the tests compare to it is computed on the same ones
 TINY_RUN_FLAGS = ("--subset", "256", "--epochs", "1", "--batch-size", "64", "--width", "4", "--hidden-dim", "32",
-                  "--feature-dim", "16", "--probe-epochs", "2")
+                  "--feature-dim", "16", "--probe-epochs", "2", "--eval-subset", "500")
 
 
 @pytest.fixture(autouse=True)

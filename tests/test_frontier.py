@@ -1,11 +1,13 @@
 """The frontier protocol: post-hoc baselines against brute force, the summary (mean ± std, Pareto front, goal
 check) against hand-made points, and frontier.py end to end on tiny runs (resumable, refuses foreign runs, and its
 measurements agree with each run's own end-of-run evaluation)."""
+import importlib.util
 import json
 import math
 import statistics
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -159,11 +161,36 @@ gate:
 """
 
 
+FRONTIER = ROOT / "experiments" / "frontier.py"
+
+
+def _argv(tmp_path, *extra):
+    return ["--out", str(tmp_path / "front"), "--designs-file", str(tmp_path / "designs.yaml"), "--seeds", "0",
+            "--jobs", "2", *extra, "--", *TINY_RUN_FLAGS]
+
+
 def _frontier(tmp_path, *extra):
-    cmd = [sys.executable, str(ROOT / "experiments" / "frontier.py"), "--out", str(tmp_path / "front"),
-           "--designs-file", str(tmp_path / "designs.yaml"), "--seeds", "0", "--jobs", "2", *extra,
-           "--", *TINY_RUN_FLAGS]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    """frontier.py as a user runs it: a process of its own."""
+    return subprocess.run([sys.executable, str(FRONTIER), *_argv(tmp_path, *extra)], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+@pytest.fixture
+def frontier_here(capsys, monkeypatch):
+    """``frontier_here(tmp_path, *extra)``: frontier.py's ``cli`` in this process (its runs and measurements are still
+    processes of their own) → returncode, stdout, stderr, like ``_frontier``."""
+    spec = importlib.util.spec_from_file_location("experiments_frontier", FRONTIER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def call(tmp_path, *extra):
+        argv = _argv(tmp_path, *extra)
+        monkeypatch.setattr(sys, "argv", [str(FRONTIER), *argv])  # the command its reports quote
+        capsys.readouterr()
+        code = module.cli(argv)
+        out, err = capsys.readouterr()
+        return types.SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return call
 
 
 @pytest.mark.slow
@@ -182,10 +209,12 @@ def test_changed_settings_default_missing_keys_and_accept_a_resolved_auto():
     assert changed_settings(dict(wanted, kl_weight=0.01, gate_lr=2.0), wanted) == []
 
 
-def test_frontier_end_to_end(tmp_path):
+def test_frontier_end_to_end(tmp_path, frontier_here):
     """Selection on the validation split (the test split unread), then the final stage on the test split; the
     measured features agree with each run's own end-of-run evaluation (of the validation split); resumable;
-    a folder holding another run's settings is refused."""
+    a folder holding another run's settings is refused. The first call is a process of its own, as a user runs it;
+    the later ones call frontier.py's command line in this process (a new process would add nothing), and every run
+    evaluates the first 500 images of each split (TINY_RUN_FLAGS), the test split's too in the final stage."""
     (tmp_path / "designs.yaml").write_text(DESIGNS)
     result = _frontier(tmp_path, "--val-size", "500")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -210,15 +239,15 @@ def test_frontier_end_to_end(tmp_path):
             assert measured[key] == pytest.approx(own[key], abs=1e-6), key
     # resumable: nothing is trained or measured again
     stamps = {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
-    again = _frontier(tmp_path, "--val-size", "500")
+    again = frontier_here(tmp_path, "--val-size", "500")
     assert again.returncode == 0 and again.stdout.count("done before") == 3, again.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
     # --knob: a design's knob over other values, in the same folders (here one already run: nothing trains)
-    one = _frontier(tmp_path, "--val-size", "500", "--knob", "gate=0.1")
+    one = frontier_here(tmp_path, "--val-size", "500", "--knob", "gate=0.1")
     assert one.returncode == 0 and one.stdout.count("done before") == 2 and "[2/2]" in one.stdout, one.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
     # the final stage: the chosen point and NCL on the test split, nothing retrained
-    final = _frontier(tmp_path, "--val-size", "500", "--final", "--final-seeds", "0")
+    final = frontier_here(tmp_path, "--val-size", "500", "--final", "--final-seeds", "0")
     assert final.returncode == 0, final.stderr[-2000:]
     assert stamps == {p: p.stat().st_mtime_ns for p in front.rglob("metrics.json")}
     # the final reads the latest selection.json: the --knob run above selected among its one value
@@ -230,13 +259,14 @@ def test_frontier_end_to_end(tmp_path):
     assert "test split" in report and "## Goal check of the default `gate`" in report
     # a folder holding a run with other settings is refused, not reused
     (tmp_path / "designs.yaml").write_text(DESIGNS.replace("kl_weight: 0.01", "kl_weight: 0.02"))
-    refused = _frontier(tmp_path, "--val-size", "500", "--designs", "ncl,gate")
+    refused = frontier_here(tmp_path, "--val-size", "500", "--designs", "ncl,gate")
     assert refused.returncode != 0 and "holds a run with other settings (kl_weight: 0.01 → 0.02)" in refused.stdout
 
 
-def test_frontier_refuses_bad_designs(tmp_path):
+def test_frontier_refuses_bad_designs(tmp_path, frontier_here):
+    """Refused in one line before any run starts (frontier.py's command line, in this process)."""
     (tmp_path / "designs.yaml").write_text("gate:\n  flags: {out: elsewhere}\n")
-    result = _frontier(tmp_path)
+    result = frontier_here(tmp_path)
     assert result.returncode == 2 and "'out' is not a method setting" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "front" / "runs").exists()
@@ -246,11 +276,11 @@ def test_frontier_refuses_bad_designs(tmp_path):
                           ("ncl=2", "--knob ncl=2: design 'ncl' has no knob in the designs file"),
                           ("other=2", "--knob other=2: design 'other' is not among the designs run (ncl, gate)"),
                           ("gate", "--knob must be DESIGN=V1,V2,..., got 'gate'")):
-        result = _frontier(tmp_path, "--knob", knob)
+        result = frontier_here(tmp_path, "--knob", knob)
         assert result.returncode == 2 and message in result.stderr, (knob, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "front" / "runs").exists()
-    result = _frontier(tmp_path, "--final")
+    result = frontier_here(tmp_path, "--final")
     assert result.returncode == 2 and "selection.json is missing" in result.stderr
 
 

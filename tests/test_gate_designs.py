@@ -94,15 +94,32 @@ def test_image_gate_minibatch_scale():
 
 
 def test_image_gate_trains_and_is_shared_by_both_views():
+    """``--guide image`` in a built system: a step moves the gate head, and on the next batch the guide's trace, the
+    model replayed on it and the features the likelihood is given show one mask per image applied to both of its
+    views: views i and i + B are normalize(normalize(z_v) ⊙ m_i), m_i the site's row i."""
     config = Config(guide="image", width=4, hidden_dim=16, feature_dim=8).resolved()
     torch.manual_seed(0)
     system = build_system(config, in_channels=1)
     trainer = SVITrainer(system, config, steps_per_epoch=1)
+    head = [p.detach().clone() for p in system.guide.head.parameters()]
     loss = trainer.step(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), None, torch.arange(4), num_images=100)
     assert math.isfinite(loss)
-    batch = system.encode(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.arange(4), 100)
-    trace = poutine.trace(system.guide.guide).get_trace(batch)
-    assert trace.nodes["gate"]["value"].shape == (4, 8)
+    assert any(not torch.equal(a, b) for a, b in zip(head, system.guide.head.parameters()))
+    for _ in range(20):  # until the images draw different masks (one draw alone could repeat a mask)
+        batch = system.encode(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), torch.arange(4), 100)
+        trace = poutine.trace(system.guide.guide).get_trace(batch)
+        m = trace.nodes["gate"]["value"].detach()
+        if len(set(map(tuple, m.tolist()))) > 1:
+            break
+    assert m.shape == (4, 8) and len(set(map(tuple, m.tolist()))) > 1  # one row per image
+    seen = []
+    with system.model.likelihood.register_forward_hook(lambda module, args, out: seen.append(args[0].detach())):
+        model_trace = poutine.trace(poutine.replay(system.model.model, trace=trace)).get_trace(batch)
+    assert torch.equal(model_trace.nodes["gate"]["value"], trace.nodes["gate"]["value"])
+    z = F.normalize(batch.z.detach(), dim=-1)
+    expected = F.normalize(z * torch.cat([m, m]), dim=-1)
+    assert torch.allclose(seen[-1], expected, atol=1e-6)
+    assert not torch.allclose(seen[-1], F.normalize(z * torch.cat([m, m.roll(1, 0)]), dim=-1), atol=1e-3)
 
 
 def test_value_gate_logits_are_a_stochastic_jumprelu():

@@ -1,10 +1,12 @@
 """pyro_ncl.trained_run on a tiny trained run, and the inspection notebook executed end to end."""
 import copy
+import itertools
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from scipy.stats import chi2
 
 from pyro_ncl.trained_run import (bernoulli_entropy, class_gate_frequency, extract_split, gate_frequency_by_class,
                               gate_probabilities, load_images, load_run, posterior_entropy, sample_gates,
@@ -42,23 +44,34 @@ def test_load_run_refuses_a_folder_without_a_run(tmp_path):
         load_run(tmp_path)
 
 
+def entropy_by_hand(p):
+    """Elementwise Bernoulli entropy −p log p − (1 − p) log(1 − p) in nats, float64 (0 log 0 = 0)."""
+    p = p.double()
+    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+
+
 def test_probabilities_samples_and_entropy(run, images):
     x, _ = images
     probs = gate_probabilities(run, x)
-    assert probs.shape == (64, 16) and float(probs.min()) >= 0 and float(probs.max()) <= 1
+    with torch.no_grad():  # the sampled gate's open probability σ(head(h)), by hand
+        h, _ = run.system.encoder(x)
+        assert torch.allclose(probs, torch.sigmoid(run.system.guide.head(h)), atol=1e-6)
+    assert probs.shape == (64, 16)
     # the test-time gate of the system is 1[q > 0.5]
     assert torch.equal(run.system.features(x)["gate"].bool(), probs > 0.5)
 
     samples = sample_gates(run, x, 4)
     assert samples.shape == (4, 64, 16) and set(samples.unique().tolist()) <= {0.0, 1.0}
-    many = sample_gates(run, x[:4], 3000)  # the draws follow q: mean within ~5 standard errors of σ(a)
-    assert float((many.mean(0) - probs[:4]).abs().max()) < 0.05
+    n = 4000  # the draws follow q: each of the 4 × 16 open frequencies within 5 binomial standard errors of q
+    many = sample_gates(run, x[:4], n)
+    se = (probs[:4] * (1 - probs[:4]) / n).sqrt()
+    assert ((many.mean(0) - probs[:4]).abs() <= 5 * se + 1e-6).all()
+    assert 0.05 < float(probs[:4].mean()) < 0.95  # not all saturated: the bound can fail
 
     entropy = posterior_entropy(run, x)
-    naive = -(probs * probs.log() + (1 - probs) * (1 - probs).log()).mean(0)
-    assert entropy.shape == (16,) and torch.allclose(entropy, naive, atol=1e-5)
-    assert float(entropy.min()) >= 0 and float(entropy.max()) <= math.log(2) + 1e-6
+    assert entropy.shape == (16,) and torch.allclose(entropy.double(), entropy_by_hand(probs).mean(0), atol=1e-5)
     assert float(bernoulli_entropy(torch.tensor([-200.0, 0.0, 200.0]))[1]) == pytest.approx(math.log(2))
+    assert bernoulli_entropy(torch.tensor([-200.0, 200.0])).tolist() == [0.0, 0.0]
 
 
 def test_class_gate_frequency_matches_a_loop_over_the_test_gates(run):
@@ -149,7 +162,7 @@ def test_deterministic_guide_is_inspected_at_its_trained_temperature(tmp_path):
     q = torch.sigmoid(a / 0.5)
     assert (q - torch.sigmoid(a)).abs().max() > 0.01  # the two differ: the check can fail
     assert torch.allclose(gate_probabilities(run, x), q, atol=1e-6)
-    assert torch.allclose(posterior_entropy(run, x), bernoulli_entropy(a / 0.5).mean(0), atol=1e-6)
+    assert torch.allclose(posterior_entropy(run, x).double(), entropy_by_hand(q).mean(0), atol=1e-6)
     assert torch.equal(sample_gates(run, x, 3), (a > 0).float().expand(3, -1, -1))
     on = switched_on(run, x[0])
     assert all(p == pytest.approx(float(q[0, d]), abs=1e-6) for d, p in on)
@@ -165,18 +178,41 @@ def test_relaxed_soft_samples_are_masks(tmp_path):
 
 
 def test_default_gate_is_an_exactly_k_posterior_with_uncertainty(tiny_run):
-    """The default BayesNCL gate (``exact_k``, k = max(2, round(π·K)) = 2 of 16 here): the marginals sum to k,
-    every draw opens exactly k gates and draws differ, the posterior entropy is the exact one and positive, and the
-    test-time gate is the mode: the k largest logits."""
+    """The default BayesNCL gate (``exact_k``, k = max(2, round(π·K)) = 2 of 16 here), against the enumeration of
+    its C(16, 2) = 120 masks, q(m) ∝ exp(θ·m) with θ the guide's logits (float64): the marginals, the posterior
+    entropy and the per-gate entropies are the enumerated ones (to float32 rounding), the test-time gate is the mode
+    (the k largest θ), and 4,000 draws per image open exactly k gates with the enumerated law (each marginal within
+    5 binomial standard errors; a chi-square test at p = 1e-6 over the masks expecting ≥ 20 draws, the rest pooled)."""
     run = load_run(tiny_run("bayesncl"))
     assert run.config.guide == "exact_k"
-    x, _ = load_images(run, "test", 32)
+    x, _ = load_images(run, "test", 8)
+    with torch.no_grad():
+        out = run.system.features(x)
+        theta = run.system.guide.view_logits(out["h"], out["z"]).double()
+    masks = torch.tensor([m for m in itertools.product([0, 1], repeat=16) if sum(m) == 2], dtype=torch.float64)
+    log_q = (theta @ masks.T).log_softmax(-1)                               # [8 images, 120 masks]
+    q = log_q.exp()
+    marginals, entropy = q @ masks, -(q * log_q).sum(-1)
     probs = gate_probabilities(run, x)
-    out = run.system.features(x)
-    assert torch.allclose(probs.sum(1), torch.full((32,), 2.0), atol=1e-4)
-    draws = sample_gates(run, x, 50)
-    assert torch.equal(draws.sum(-1), torch.full((50, 32), 2.0))
-    assert (draws != draws[0]).any()  # not a point mass
-    assert torch.equal(out["gate"].sum(1), torch.full((32,), 2.0))
-    assert torch.allclose((draws.mean(0) - probs).abs().max(), torch.tensor(0.0), atol=0.25)
-    assert float(out["entropy"].min()) > 0 and float(posterior_entropy(run, x).max()) > 0
+    assert torch.allclose(probs.double(), marginals, atol=1e-5) and torch.allclose(out["probs"].double(), marginals,
+                                                                                   atol=1e-5)
+    assert torch.allclose(out["entropy"].double(), entropy, atol=1e-5)
+    assert float(entropy.min()) > 0.1  # uncertainty: far from a point mass
+    assert torch.allclose(posterior_entropy(run, x).double(), entropy_by_hand(marginals).mean(0), atol=1e-5)
+    top = theta.topk(2, dim=1).indices
+    assert torch.equal(out["gate"], torch.zeros(8, 16).scatter_(1, top, 1.0))
+    n = 4000
+    draws = sample_gates(run, x[:4], n)                                     # [n, 4, 16]
+    assert torch.equal(draws.sum(-1), torch.full((n, 4), 2.0))
+    se = (marginals[:4] * (1 - marginals[:4]) / n).sqrt()
+    assert ((draws.mean(0).double() - marginals[:4]).abs() <= 5 * se + 1e-6).all()
+    codes = (draws * 2.0 ** torch.arange(16)).sum(-1).long()                # [n, 4]: each drawn mask as an integer
+    mask_codes = (masks * 2.0 ** torch.arange(16, dtype=torch.float64)).sum(-1).long()
+    for i in range(4):
+        observed = (codes[:, i, None] == mask_codes).sum(0).double()       # [120]
+        expected = n * q[i]
+        big = expected >= 20
+        assert int(big.sum()) >= 3
+        obs = torch.cat([observed[big], observed[~big].sum(0, keepdim=True)])
+        exp = torch.cat([expected[big], expected[~big].sum(0, keepdim=True)])
+        assert float(((obs - exp) ** 2 / exp).sum()) < chi2.isf(1e-6, len(obs) - 1), i

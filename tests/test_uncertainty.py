@@ -1,5 +1,6 @@
 """Gate uncertainty (pyro_ncl.uncertainty, experiments/uncertainty.py) and --exclude-classes, against independent
 computations: pairwise counts, direct sums and threshold scans, enumerated posteriors, brute-force kNN."""
+import importlib.util
 import itertools
 import json
 import math
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pyro_ncl import uncertainty as U
 from pyro_ncl.config import Config, check_setting
@@ -191,9 +193,15 @@ def test_dice_and_the_neighbour_gate_score_by_hand():
     assert torch.allclose(U.dice(mu, gates), torch.tensor([[1.0, 0.0], [2 * 0.5 / 3, 2 * 0.0 / 2]]).double())
     system = small_system(method="bayesncl", prior_prob=0.5)
     inputs = inputs_for(system, torch.randn(6, 1, 28, 28))
-    _, idx = inputs.knn()
-    expected = 1 - torch.stack([U.dice(inputs.out["probs"][i:i + 1], inputs.bank.gate[idx[i]][None])[0].mean()
-                                for i in range(6)])
+    # the k = 5 nearest training images by cosine, brute force
+    sims = F.normalize(inputs.out["features"], dim=1) @ F.normalize(inputs.bank.features, dim=1).T
+    idx = sims.argsort(1, descending=True)[:, :5]
+    expected = []
+    for i in range(6):  # 1 − the mean over the k neighbours of 2 Σ μ g / (Σ μ + Σ g), written out
+        mu = inputs.out["probs"][i].double()
+        overlaps = [2 * (mu * g).sum() / (mu.sum() + g.sum()) for g in inputs.bank.gate[idx[i]].double()]
+        expected.append(1 - torch.stack(overlaps).mean())
+    expected = torch.stack(expected)
     assert torch.allclose(U.compute_scores(inputs, ["neighbour_gate_agreement"])["neighbour_gate_agreement"],
                           expected)
 
@@ -240,9 +248,9 @@ def test_deterministic_scores_against_brute_force():
         preds.append(int(votes.argmax())), shares.append(float(votes.max() / votes.sum()))
     assert inputs.predictions().tolist() == preds
     assert torch.allclose(scores["vote_share"], 1 - torch.tensor(shares, dtype=torch.float64), atol=1e-6)
-    test_y = torch.arange(9) % 4
-    assert float((inputs.predictions() == test_y).double().mean()) == pytest.approx(
-        knn_accuracy(bank.features, bank.y, out["features"], test_y, k=7, num_classes=4))
+    test_y = torch.arange(9) % 4  # the run's kNN accuracy is the loop's
+    assert knn_accuracy(bank.features, bank.y, out["features"], test_y, k=7, num_classes=4) == pytest.approx(
+        float((torch.tensor(preds) == test_y).double().mean()), abs=1e-12)
 
 
 # ---------------------------------------------------------------- --exclude-classes
@@ -303,30 +311,84 @@ def uncertainty(*args):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
+def load_script():
+    spec = importlib.util.spec_from_file_location("experiments_uncertainty", ROOT / "experiments" / "uncertainty.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def metrics_by_brute_force(scores, positives):
+    """AUROC as the share of (positive, negative) pairs ranked right (ties ½), AUPR as the step sum of precision over
+    recall and the FPR at 95% TPR from a scan of every distinct threshold (flagging score ≥ t), in numpy."""
+    s, p = np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool)
+    pos, neg = s[p], s[~p]
+    auroc = ((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+    recall, aupr, fpr95 = 0.0, 0.0, None
+    for t in np.unique(s)[::-1]:
+        flagged = s >= t
+        tpr = (flagged & p).sum() / p.sum()
+        aupr += (tpr - recall) * (flagged & p).sum() / flagged.sum()
+        recall = tpr
+        if fpr95 is None and tpr >= 0.95:
+            fpr95 = (flagged & ~p).sum() / (~p).sum()
+    return {"auroc": float(auroc), "aupr": float(aupr), "fpr95": float(fpr95)}
+
+
 @needs_fashion
-def test_uncertainty_script_on_a_gated_run_with_held_out_classes_and_ncl(tiny_run, tmp_path):
+def test_uncertainty_script_on_a_gated_run_with_held_out_classes_and_ncl(tiny_run, tmp_path, monkeypatch):
+    """experiments/uncertainty.py, in this process, on the first 500 images of each set (the tiny runs evaluated
+    the same 500 test images): every AUROC, AUPR and FPR95 it reports against a brute-force computation from the
+    per-image scores and positives it scored them with (captured), the tasks' positives against the sets' sizes and
+    the kNN errors, and the kNN accuracy against the run's own end-of-run evaluation. Bad input: one-line errors
+    (through the command line: exit status 2) and nothing already written is lost."""
     gated, ncl = tiny_run("bayesncl", "--exclude-classes", "8,9"), tiny_run("ncl")
     from pyro_ncl.trained_run import load_run
     assert load_run(gated).data.outliers.labels.unique().tolist() == [8, 9]  # the setting reaches load_run
-    result = uncertainty(gated, ncl, "--out", tmp_path / "unc", "--samples", 4, "--device", "cpu")
-    assert result.returncode == 0, result.stderr[-2000:]
+    script = load_script()
+    scored = []
+
+    def recording(scores, positives, selective=False):
+        metrics, curves = task_metrics(scores, positives, selective)
+        scored.append((scores, positives, metrics))
+        return metrics, curves
+
+    task_metrics = script.task_metrics
+    monkeypatch.setattr(script, "task_metrics", recording)
     out = tmp_path / "unc"
+    script.main(script.parser().parse_args([str(gated), str(ncl), "--out", str(out), "--samples", "4",
+                                            "--eval-subset", "500", "--device", "cpu"]))
     assert all((out / name).stat().st_size > 0 for name in ("uncertainty.json", "uncertainty.md", "uncertainty.png"))
     record = json.loads((out / "uncertainty.json").read_text())
     runs = {Path(r["path"]).name: r for r in record["runs"]}
     g, n = runs[gated.name], runs[ncl.name]
     assert set(g["tasks"]) == {"misclassification", "near_ood", "far_ood"}
     assert set(n["tasks"]) == {"misclassification", "far_ood"}
-    assert g["num_images"] == {"test": 8000, "outliers": 2000, "far": 1797}
+    assert g["num_images"] == {"test": 500, "outliers": 500, "far": 500}
     gate_scores = {"entropy", "kl_prior", "view_disagreement", "knn_disagreement", "neighbour_gate_agreement"}
     deterministic = {"kth_distance", "topk_margin", "vote_share"}
     assert set(g["tasks"]["near_ood"]) == gate_scores | deterministic
     assert set(n["tasks"]["far_ood"]) == deterministic
+    # each task's metrics as the script computed and wrote them: run by run, misclassification, near, far
+    tasks = [(r, task) for r in (g, n) for task in ("misclassification", "near_ood", "far_ood") if task in r["tasks"]]
+    assert len(scored) == len(tasks) == 5
+    for (r, task), (scores, positives, metrics) in zip(tasks, scored):
+        size = {"misclassification": (500, 0), "near_ood": (500, 500), "far_ood": (500, 500)}[task]
+        assert len(positives) == sum(size)
+        if task == "misclassification":  # the positives are the kNN errors
+            assert float(positives.double().mean()) == pytest.approx(1 - r["knn_accuracy"], abs=1e-12)
+        else:  # the test images, then the outliers
+            assert positives.tolist() == [False] * size[0] + [True] * size[1]
+        assert set(scores) == set(r["tasks"][task])
+        for name, values in scores.items():
+            assert values.shape == (sum(size),)
+            want = metrics_by_brute_force(values.numpy(), positives.numpy())
+            for key in ("auroc", "aupr", "fpr95"):
+                assert metrics[name][key] == pytest.approx(want[key], abs=1e-12), (task, name, key)
+                assert r["tasks"][task][name][key] == metrics[name][key], (task, name, key)
+    assert len({round(m["auroc"], 6) for _, _, ms in scored for m in ms.values()}) > 5  # not all at chance
     for r in (g, n):  # the run's kNN classifier, evaluated on the classes it was trained on
         assert r["knn_accuracy"] == pytest.approx(r["run_knn_accuracy"], abs=1e-9)
-        for task in r["tasks"].values():
-            for m in task.values():
-                assert 0 <= m["auroc"] <= 1 and 0 <= m["aupr"] <= 1 and 0 <= m["fpr95"] <= 1
     assert "aurc" in g["tasks"]["misclassification"]["entropy"]
     labels = [grp["label"] for grp in record["groups"]]
     assert labels[1] == "ncl" and labels[0].startswith("bayesncl exact_k π=")
@@ -335,8 +397,9 @@ def test_uncertainty_script_on_a_gated_run_with_held_out_classes_and_ncl(tiny_ru
     assert "near_ood skipped" in md
 
     before = (out / "uncertainty.json").read_text()
-    bad = uncertainty(gated, tmp_path / "missing", "--out", out)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing is not a folder" in bad.stderr
+    with pytest.raises(ValueError, match="missing is not a folder"):
+        script.main(script.parser().parse_args([str(gated), str(tmp_path / "missing"), "--out", str(out)]))
     assert (out / "uncertainty.json").read_text() == before  # nothing already written is lost
     bad = uncertainty(gated, "--out", out, "--scores", "entropy,nope")
-    assert bad.returncode == 2 and "unknown uncertainty score 'nope'" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown uncertainty score 'nope'" in bad.stderr
+    assert (out / "uncertainty.json").read_text() == before

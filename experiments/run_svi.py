@@ -10,12 +10,12 @@ Writes to --out: config.json, log.csv, checkpoint.pt, metrics.json, loss.png (th
 pyro_ncl.run_folder.OUTPUTS). Bad input: one line on stderr, exit status 2, before anything is written. SIGTERM: a
 checkpoint, how to resume, exit status 143. Progress goes to stderr: a bar on a terminal, otherwise a line every
 30 s with the ETA (--quiet: none); TensorBoard event files beside log.csv (--no-tensorboard: none). The command line
-is ``pyro_ncl.experiment.cli`` (also ``python -m pyro_ncl.experiment``), the run ``pyro_ncl.experiment.run`` (from
+is ``pyro_ncl.commands.run_svi`` (also ``python -m pyro_ncl.commands.run_svi``), the run ``pyro_ncl.experiment.run`` (from
 Python: ``pyro_ncl.run(Config(...))``).
 """
 import sys
 
-from pyro_ncl.experiment import cli
+from pyro_ncl.commands.run_svi import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

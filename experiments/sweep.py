@@ -15,26 +15,7 @@ failed. Every run writes its TensorBoard events in its folder, so ``tensorboard 
 (HPARAMS tab: settings against final metrics); ``--reference`` runs appear there as ``references/<name>`` (links).
 The sweep itself is ``pyro_ncl.sweep.run_sweep``.
 """
-from __future__ import annotations
-
-import sys
-
-from pyro_ncl.cli import OneLineParser, exit_on_bad_input
-from pyro_ncl.sweep import run_sweep
-
-
-def parser() -> OneLineParser:
-    p = OneLineParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="folder of the sweep (one subfolder per run)")
-    p.add_argument("--grid", action="append", default=[], help="an axis KEY=V1,V2 (repeatable)")
-    p.add_argument("--reference", action="append", default=[], help="finished run folders to add to the table")
-    return p
-
+from pyro_ncl.commands.sweep import cli
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    run_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    parsed = parser().parse_args(argv)
-    parsed.run_args = run_args
-    exit_on_bad_input(run_sweep, parsed)
+    cli()

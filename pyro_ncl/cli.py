@@ -44,14 +44,15 @@ def exit_on_bad_input(main: Callable[[Any], Any], args: Any, bad_input: Tuple[ty
     sys.exit(2)
 
 
-def run_script(main: Callable[[Any], Any], parser: argparse.ArgumentParser) -> Any:
+def run_script(main: Callable[[Any], Any], parser: argparse.ArgumentParser, argv=None) -> Any:
     """A script's ``__main__``: parse its command line and ``main(args)``, with a run's bad input (settings, a
     missing dataset, a foreign checkpoint) as one line on stderr and exit status 2, an interrupt as exit status 130."""
     from pyro_ncl.checkpoint import CheckpointError
     from pyro_ncl.data import DatasetNotFound
 
     try:
-        return exit_on_bad_input(main, parser.parse_args(), bad_input=(ValueError, DatasetNotFound, CheckpointError))
+        return exit_on_bad_input(main, parser.parse_args(argv), bad_input=(ValueError, DatasetNotFound,
+                                                                          CheckpointError))
     except KeyboardInterrupt:
         sys.exit(130)
 

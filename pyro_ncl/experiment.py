@@ -29,11 +29,10 @@ from typing import Any, Optional, Tuple
 import pyro
 
 from pyro_ncl import backends, distributed
-from pyro_ncl.checkpoint import CheckpointError, load_latest
-from pyro_ncl.cli import build_parser, config_from_args, os_error_line
+from pyro_ncl.checkpoint import load_latest
 from pyro_ncl.config import Config, FIELD_NAMES, dataset_options
 from pyro_ncl.run_folder import config_from_run, save_config
-from pyro_ncl.data import DatasetNotFound, load_dataset
+from pyro_ncl.data import load_dataset
 from pyro_ncl.data.base import DataBundle
 from pyro_ncl.evaluation import evaluate
 from pyro_ncl.trained_run import Run
@@ -42,13 +41,13 @@ from pyro_ncl.presets import describe_recipe
 from pyro_ncl.provenance import provenance
 from pyro_ncl.progress import format_duration
 from pyro_ncl.run_folder import clear_outputs, outputs_in, read_metrics, write_metrics
-from pyro_ncl.runtime import Runtime, Terminated
+from pyro_ncl.runtime import Runtime
 from pyro_ncl.system import accelerate, build_system, check_parts
 from pyro_ncl.tensorboard import write_final
-from pyro_ncl.train import NonFiniteLoss, Stopped, train
+from pyro_ncl.train import train
 
 __all__ = ["run", "settings", "resume_settings", "refuse_earlier_run", "open_data", "start_run_folder",
-           "check_resumable", "cli"]
+           "check_resumable"]
 
 
 def run(config: Optional[Config] = None, **changes: Any) -> Run:
@@ -193,75 +192,3 @@ def finish(rt: Runtime, system, data: DataBundle, config: Config, out: Path, sum
     write_final(out, config, metrics, summary["steps"])
     rt.barrier()
     return read_metrics(out / "metrics.json")
-
-
-# ---------------------------------------------------------------- the command line (experiments/run_svi.py)
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "run_svi.py"  # its command-line front
-
-
-def parser():
-    return build_parser(description="Train a contrastive method as a Pyro program with SVI (TraceGraph_ELBO), then "
-                                    "evaluate it.")
-
-
-def cli_settings(args) -> Config:
-    """The command line (over ``--preset``) or, with ``--resume``, the run's own config.json, as a ``Config``
-    (checked by ``pyro_ncl.experiment.settings`` before anything is opened or written)."""
-    return resume_config(args) if args.resume else config_from_args(args)
-
-
-def resume_config(args) -> Config:
-    """``--resume DIR``: the run's own settings (flags that would change them are refused)."""
-    run_dir = Path(args.resume)
-    explicit = sorted(k for k, v in vars(args).items() if v is not None and k not in ("resume", "device", "quiet"))
-    if explicit:
-        raise ValueError(f"--resume uses the settings saved in {run_dir / 'config.json'}; drop "
-                         + ", ".join("--" + k.replace("_", "-") for k in explicit))
-    return resume_settings(run_dir, device=args.device, quiet=args.quiet)
-
-
-def cli_main(args) -> dict:
-    """Check every setting, open the data, take the run folder, train, evaluate (``pyro_ncl.experiment.run``).
-    Under torchrun (WORLD_SIZE > 1) every process trains on its shard of each global batch; rank 0 alone writes
-    config.json, log.csv, checkpoints, metrics.json and loss.png, and evaluates while the others wait. Returns the
-    metrics ({} on the other processes)."""
-    return run(cli_settings(args)).metrics
-
-
-def resume_hint(args) -> str:
-    out = args.resume or args.out or Config.out
-    launcher = "torchrun [the same options]" if distributed.env_world_size() > 1 else "python"
-    return f"resume with: {launcher} {SCRIPT} --resume {out}"
-
-
-def cli(argv=None) -> int:
-    """Parse, run, and turn bad input into one line on stderr with exit status 2 (no traceback); SIGTERM into a
-    checkpoint, a line that says how to resume, and exit status 143."""
-    args = parser().parse_args(argv)
-    pyro.enable_validation(False)
-    warnings.filterwarnings("ignore", message="Encountered NaN")  # reported by NonFiniteLoss, with the term
-    try:
-        cli_main(args)
-    except (ValueError, DatasetNotFound, CheckpointError, NonFiniteLoss) as err:
-        distributed.report_error(str(err))  # under torchrun: one line, from rank 0
-        return 2
-    except OSError as err:  # a full disk, a file that cannot be read or written
-        distributed.report_error(os_error_line(err))
-        return 2
-    except (Stopped, Terminated) as err:
-        if distributed.is_main():  # under torchrun every process stops; rank 0 says so
-            what = str(err) if isinstance(err, Terminated) else f"SIGTERM: {err}"
-            hint = "nothing to resume" if "no checkpoint" in what else resume_hint(args)
-            print(f"{what}; {hint}", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        if distributed.is_main():
-            print(f"interrupted; {resume_hint(args)} (from its last checkpoint)", file=sys.stderr)
-        return 130
-    finally:
-        distributed.cleanup()
-    return 0
-
-
-if __name__ == "__main__":  # python -m pyro_ncl.experiment [flags]: run_svi.py's command line, installed or not
-    sys.exit(cli())

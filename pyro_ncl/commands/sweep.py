@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.cli import build_parser, config_from_args  # noqa: E402
+from pyro_ncl.cli import OneLineParser, build_parser, config_from_args, exit_on_bad_input  # noqa: E402
 from pyro_ncl.config import FIELD_NAMES, Config  # noqa: E402
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.launcher import launch  # noqa: E402
@@ -156,3 +156,20 @@ def run_sweep(args) -> List[Dict[str, object]]:
         print(f"error: {len(failed)} of {len(points)} points failed: {', '.join(failed)}", file=sys.stderr)
         raise SystemExit(1)
     return rows
+
+
+def parser() -> OneLineParser:
+    p = OneLineParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="folder of the sweep (one subfolder per run)")
+    p.add_argument("--grid", action="append", default=[], help="an axis KEY=V1,V2 (repeatable)")
+    p.add_argument("--reference", action="append", default=[], help="finished run folders to add to the table")
+    return p
+
+
+def cli(argv=None):
+    """``experiments/sweep.py``'s command line: flags before ``--`` for the sweep, after it for every run."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    parsed = parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    parsed.run_args = run_args
+    return exit_on_bad_input(run_sweep, parsed)

@@ -1,6 +1,6 @@
 """experiments/bench_metrics.py on tiny features: the suite it times and the per-dimension loop reference it prints
 both agree with a per-dimension loop written here from the metrics' definitions (METHODS.md, "Metrics")."""
-import importlib.util
+import importlib
 import math
 from pathlib import Path
 
@@ -14,9 +14,7 @@ PER_DIM = ("sparsity", "active_dims", "semantic_consistency", "entropy_sum", "en
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("experiments_bench_metrics", ROOT / "experiments" / "bench_metrics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("pyro_ncl.commands.bench_metrics")
     return module
 
 

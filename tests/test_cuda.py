@@ -2,7 +2,7 @@
 head in fp32, plates and prior constants on the device, state and random states restored onto the GPU, batches
 and bench inputs on the device. ``experiments/device_check.sh`` runs them on a GPU; its CPU form runs them on the
 CPU (``PYRO_NCL_CUDA_TESTS_ON_CPU=1``) to check the tests themselves."""
-import importlib.util
+import importlib
 import os
 from pathlib import Path
 
@@ -185,9 +185,7 @@ def test_batches_of_every_data_path_are_on_the_device(device, tmp_path):
 
 
 def test_bench_step_with_labels_runs_on_the_device(device, capsys):
-    spec = importlib.util.spec_from_file_location("bench_step", ROOT / "experiments" / "bench_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = importlib.import_module("pyro_ncl.commands.bench_step")
     args = bench.parser().parse_args(["--method", "simlap", "--batch-size", "8", "--width", "4", "--hidden-dim", "16",
                                       "--feature-dim", "8", "--size", "16", "--repeats", "1", "--warmup", "1",
                                       "--device", device.type])

@@ -1,5 +1,5 @@
 """experiments/evaluate.py and experiments/compare.py on tiny trained runs."""
-import importlib.util
+import importlib
 import json
 import shutil
 import statistics
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.skipif(not FASHION.exists(),
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"pyro_ncl.commands.{name}")
     return module
 
 

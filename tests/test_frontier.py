@@ -1,7 +1,7 @@
 """The frontier protocol: post-hoc baselines against brute force, the summary (mean ± std, Pareto front, goal
 check) against hand-made points, and frontier.py end to end on tiny runs (resumable, refuses foreign runs, and its
 measurements agree with each run's own end-of-run evaluation)."""
-import importlib.util
+import importlib
 import json
 import math
 import statistics
@@ -179,9 +179,7 @@ def _frontier(tmp_path, *extra):
 def frontier_here(capsys, monkeypatch):
     """``frontier_here(tmp_path, *extra)``: frontier.py's ``cli`` in this process (its runs and measurements are still
     processes of their own) → returncode, stdout, stderr, like ``_frontier``."""
-    spec = importlib.util.spec_from_file_location("experiments_frontier", FRONTIER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("pyro_ncl.commands.frontier")
 
     def call(tmp_path, *extra):
         argv = _argv(tmp_path, *extra)
@@ -287,12 +285,11 @@ def test_frontier_refuses_bad_designs(tmp_path, frontier_here):
 def test_the_final_reports_each_designs_chosen_point_not_the_last_of_a_sweep():
     """ncl_topk is measured over its whole sweep in the final (a front), but its reported point is the one the
     validation split chose (k 6 here), whatever order the sweep comes in; NCL is never a reported design."""
-    sys.path.insert(0, str(ROOT / "experiments"))
-    import frontier as F
+    from pyro_ncl.frontier import reported_points
     points = [{"design": "ncl", "knob": None, "variant": "features"},
               *({"design": "ncl_topk", "knob": k, "variant": "features"} for k in (3, 4, 6, 8)),
               {"design": "gate", "knob": 0.1, "variant": "mean"}, {"design": "gate", "knob": 0.1, "variant": "mode"}]
     selection = {"designs": {"ncl_topk": {"knob": 6, "variant": "features"},
                              "gate": {"knob": 0.1, "variant": "mode"}}}
-    got = [(p["design"], p["knob"], p["variant"]) for p in F.reported_points(points, selection)]
+    got = [(p["design"], p["knob"], p["variant"]) for p in reported_points(points, selection)]
     assert got == [("ncl_topk", 6, "features"), ("gate", 0.1, "mode")]

@@ -1,7 +1,7 @@
 """What a GPU run needs, checked on the CPU: restored state on the parameters' device, CUDA RNG states for the
 GPUs that are visible, bench inputs on the step's device, one host-device synchronisation per step, and the
 defaults that feed a GPU (cuDNN benchmark, TF32, loader workers, uint8 views, batched colour work)."""
-import importlib.util
+import importlib
 import subprocess
 import sys
 import warnings
@@ -29,9 +29,7 @@ BASELINE = "__baseline_avg_downstream_cost_gate"
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"pyro_ncl.commands.{name}")
     return module
 
 

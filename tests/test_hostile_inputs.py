@@ -7,7 +7,7 @@ data are opened; data-dependent ones after opening them, and still before anythi
 """
 import gzip
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -188,9 +188,7 @@ def world(tiny_run, tmp_path_factory):
 
 
 def load_run_svi():
-    spec = importlib.util.spec_from_file_location("run_svi_hostile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("pyro_ncl.commands.run_svi")
     return module
 
 

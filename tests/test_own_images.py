@@ -1,7 +1,7 @@
 """Your own images end to end (issue 19): a run started from Python on a generated folder, the README's commands
 (labelled folder; unlabelled + labelled; extraction), features out equal to those the evaluation scored, and the
 run's guarantees from Python (one-line ValueError before anything is written, the lock, resume)."""
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -26,9 +26,7 @@ TINY_FLAGS = ["--epochs", "1", "--batch-size", "8", "--width", "4", "--hidden-di
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"own_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"pyro_ncl.commands.{name}")
     return module
 
 

@@ -1,6 +1,6 @@
 """Nothing lost, clear errors, safe loading: kill-and-resume, malicious and truncated checkpoints, bad inputs."""
 import csv
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from pyro_ncl import experiment
 import torch
 
 from pyro_ncl.checkpoint import CheckpointError, load_checkpoint, load_latest, save_atomic, save_checkpoint
@@ -31,9 +33,7 @@ TIMING = ("train_seconds", "eval_seconds")
 
 
 def load_run_svi():
-    spec = importlib.util.spec_from_file_location("run_svi", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("pyro_ncl.commands.run_svi")
     return module
 
 
@@ -124,7 +124,6 @@ def test_overwrite_removes_every_output_of_the_old_run(tmp_path):
     """Without the removal the new run's first save would move the old run's checkpoint.pt to checkpoint.prev.pt,
     where resuming after a bad latest checkpoint would pick it up, and compare.py would read the old eval/ as the
     new run's. Files that are not a run's outputs stay."""
-    run_svi = load_run_svi()
     out = tmp_path / "run"
     (out / "eval").mkdir(parents=True)
     for name in ("checkpoint.pt", "checkpoint.prev.pt"):
@@ -134,9 +133,9 @@ def test_overwrite_removes_every_output_of_the_old_run(tmp_path):
     for name, text in old.items():
         (out / name).write_text(text)
     with pytest.raises(ValueError, match="--overwrite"):
-        run_svi.start_run_folder(Config(out=str(out)), out)
+        experiment.start_run_folder(Config(out=str(out)), out)
     assert (out / "eval" / "metrics.json").exists() and (out / "checkpoint.pt").exists()
-    run_svi.start_run_folder(Config(out=str(out), overwrite=True), out)
+    experiment.start_run_folder(Config(out=str(out), overwrite=True), out)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
     assert json.loads((out / "config.json").read_text())["overwrite"] is True
     save_checkpoint({"run": "new"}, out / "checkpoint.pt")  # the new run's first checkpoint, then a corrupt one

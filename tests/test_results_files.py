@@ -1,6 +1,6 @@
 """Results that describe the run they belong to: strict-JSON metrics (null for NaN), sweep.py reusing only runs
 with the same settings and failing when a point fails, compare.py reading finished runs only (issue 12, item 8)."""
-import importlib.util
+import importlib
 import json
 import math
 from pathlib import Path
@@ -19,9 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"results_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"pyro_ncl.commands.{name}")
     return module
 
 

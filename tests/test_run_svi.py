@@ -1,5 +1,5 @@
 """The command line, end to end, as a user runs it."""
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -49,9 +49,7 @@ def test_short_run_writes_every_output(tmp_path):
 def run_svi():
     """experiments/run_svi.py as a module: its command line in this process (test_hostile_inputs.py checks the
     real process's exit status and one-line error)."""
-    spec = importlib.util.spec_from_file_location("run_svi_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("pyro_ncl.commands.run_svi")
     return module
 
 

@@ -2,7 +2,7 @@
 training unchanged by it, the gate monitor against a direct computation, compare's log folder, a missing package."""
 import argparse
 import csv
-import importlib.util
+import importlib
 import json
 import shutil
 import sys
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from pyro_ncl import experiment
 import torch
 from PIL import Image
 
@@ -46,9 +48,7 @@ def read_log(run_dir):
 
 
 def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"pyro_ncl.commands.{name}")
     return module
 
 
@@ -213,13 +213,12 @@ def test_compare_writes_a_tensorboard_logdir_of_its_runs(tiny_run, tmp_path, cap
 
 
 def test_overwrite_removes_the_old_runs_event_files(tmp_path):
-    run_svi = script("run_svi")
     out = tmp_path / "run"
     out.mkdir()
     (out / "events.out.tfevents.123.host.1.0").write_bytes(b"old")
     with pytest.raises(ValueError, match="events.out.tfevents"):
-        run_svi.refuse_earlier_run(Config(out=str(out)))
-    run_svi.start_run_folder(Config(out=str(out), overwrite=True), out)
+        experiment.refuse_earlier_run(Config(out=str(out)))
+    experiment.start_run_folder(Config(out=str(out), overwrite=True), out)
     assert not list(out.glob(tensorboard.EVENT_FILES))
 
 

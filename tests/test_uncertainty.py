@@ -1,6 +1,6 @@
 """Gate uncertainty (pyro_ncl.uncertainty, experiments/uncertainty.py) and --exclude-classes, against independent
 computations: pairwise counts, direct sums and threshold scans, enumerated posteriors, brute-force kNN."""
-import importlib.util
+import importlib
 import itertools
 import json
 import math
@@ -312,9 +312,7 @@ def uncertainty(*args):
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("experiments_uncertainty", ROOT / "experiments" / "uncertainty.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module("pyro_ncl.commands.uncertainty")
     return module
 
 

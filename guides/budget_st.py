@@ -38,7 +38,7 @@ def kth_midpoint(z: torch.Tensor, k: int) -> torch.Tensor:
 class BudgetGate(Budgeted, AmortizedGate):
 
     def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0,
-                 schedule: str = "geometric", start: Optional[int] = None, **kwargs):
+                 schedule: str = "linear", start: Optional[int] = None, **kwargs):
         super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
         self.init_budget(prior, feature_dim, anneal_epochs, "budget_st", schedule, start)
 

@@ -41,7 +41,7 @@ class ExactKGate(Budgeted, GateGuide):
     factorised_prior_only = True  # the closed-form KL is that of a product of Bernoulli(ρ_d)
 
     def __init__(self, backbone_dim, hidden_dim, feature_dim, prior, *, anneal_epochs: float = 0.0,
-                 schedule: str = "geometric", start: Optional[int] = None, **kwargs):
+                 schedule: str = "linear", start: Optional[int] = None, **kwargs):
         super().__init__(backbone_dim, hidden_dim, feature_dim, prior, **kwargs)
         if not getattr(prior, "factorised", True):
             raise ValueError(f"--guide exact_k needs a factorised Bernoulli prior (bernoulli or beta_bernoulli), "

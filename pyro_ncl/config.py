@@ -155,12 +155,12 @@ class Config:
                                                  "--budget-start to its final k (default: 40%% of --epochs)",
                                                  default=None, ge=0)
     budget_schedule: str = _opt("the top-k activation and the budgeted gates: how the number of kept entries falls "
-                                "from --budget-start to its final k over --budget-anneal-epochs: geometric "
-                                "(start·(k/start)^f) or linear", default="geometric",
+                                "from --budget-start to its final k over --budget-anneal-epochs: linear "
+                                "(start − (start − k)·f) or geometric (start·(k/start)^f)", default="linear",
                                 choices="pyro_ncl.budget:SCHEDULES")
     budget_start: Optional[int] = _opt("the top-k activation and the budgeted gates: entries kept at the start of "
-                                       "the anneal; auto: min(K, max(64, 3k)) (the exactly-k gate's work grows with "
-                                       "it: pyro_ncl/budget.py)", default=None, shown="auto", ge=2)
+                                       "the anneal; auto: min(K, max(128, 3k)) (every dimension up to K = 128; "
+                                       "the exactly-k gate's work grows with it: pyro_ncl/budget.py)", default=None, shown="auto", ge=2)
     aux_weight: float = _opt("exact_k_aux: weight α of the auxiliary top-k term on dead dimensions (CSR's aux-k; "
                              "Gao et al.'s 1/32)", default=0.03125, ge=0)
     aux_dead_steps: int = _opt("exact_k_aux: a dimension is dead once it was in no view's posterior mode for this "

@@ -235,12 +235,12 @@ def test_unknown_test_gate_is_refused():
 
 def test_topk_activation_keeps_each_views_largest_entries_with_a_curriculum():
     """``--method ncl_topk``: ReLU, then each row's k largest entries; k falls from K over the anneal epochs in
-    training (geometrically by default, linearly with --budget-schedule linear), is the final k in evaluation mode;
-    the objective is plain NT-Xent on those features (no gate)."""
-    linear = Config(method="ncl_topk", topk=2, budget_anneal_epochs=1, budget_schedule="linear", width=4,
-                    hidden_dim=16, feature_dim=8).resolved()
-    budget = build_system(linear, in_channels=1).encoder._activation.budget
-    assert [budget.at(t) for t in (0.0, 0.25, 0.5, 1.0)] == [8, 7, 5, 2]  # ⌈8 − 6·t⌉
+    training (linearly by default, geometrically with --budget-schedule geometric), is the final k in evaluation
+    mode; the objective is plain NT-Xent on those features (no gate)."""
+    geometric = Config(method="ncl_topk", topk=2, budget_anneal_epochs=1, budget_schedule="geometric", width=4,
+                       hidden_dim=16, feature_dim=8).resolved()
+    budget = build_system(geometric, in_channels=1).encoder._activation.budget
+    assert [budget.at(t) for t in (0.0, 0.25, 0.5, 1.0)] == [8, 6, 4, 2]  # ⌈8 · (2/8)^t⌉
     config = Config(method="ncl_topk", topk=2, budget_anneal_epochs=1, width=4, hidden_dim=16,
                     feature_dim=8).resolved()
     torch.manual_seed(0)
@@ -251,10 +251,10 @@ def test_topk_activation_keeps_each_views_largest_entries_with_a_curriculum():
     for epochs_done in (0.0, 0.25, 0.5, 1.0, 3.0):
         system.set_progress(epochs_done)
         ks.append(activation.budget.current_k)
-    assert ks == [8, 6, 4, 2, 2]  # ⌈8 · (2/8)^t⌉ (the start min(K, max(64, 3k)) is K here), then the final k
+    assert ks == [8, 7, 5, 2, 2]  # ⌈8 − 6·t⌉ (the start min(K, max(128, 3k)) is K here), then the final k
     system.set_progress(0.5)
     x = torch.randn(5, 8)
-    for training, k in ((True, 4), (False, 2)):
+    for training, k in ((True, 5), (False, 2)):
         activation.train(training)
         out = activation(x)
         for row, kept in zip(torch.relu(x), out):
@@ -305,13 +305,15 @@ def test_relative_gate_logits_and_every_view_keeps_its_strongest_entry():
 
 
 def test_the_budget_anneal_schedules_and_where_they_start():
-    """k_t from the start to k over the anneal: geometric (default) start·(k/start)^f, linear start − (start − k)·f,
-    each rounded up, k afterwards and in evaluation; the default start min(K, max(64, 3k)) keeps a step of the
-    exactly-k gate at K = 2048 affordable (3k = 192, not K); a start outside [k, K] is refused in one line."""
+    """k_t from the start to k over the anneal: linear (default) start − (start − k)·f, geometric start·(k/start)^f,
+    each rounded up, k afterwards and in evaluation; the default start min(K, max(128, 3k)) is every dimension up
+    to K = 128 and keeps a step of the exactly-k gate at K = 2048 affordable (3k = 192, not K); a start outside
+    [k, K] is refused in one line."""
     from pyro_ncl.budget import Budget, default_budget_start
     assert (default_budget_start(128, 4), default_budget_start(2048, 64), default_budget_start(8, 2),
-            default_budget_start(256, 8)) == (64, 192, 8, 64)
-    geometric = Budget(2048, 64, 10.0)
+            default_budget_start(256, 8)) == (128, 192, 8, 128)
+    assert [Budget(2048, 64, 10.0).at(f) for f in (0.0, 0.5, 1.0, 2.0)] == [192, 128, 64, 64]
+    geometric = Budget(2048, 64, 10.0, "geometric")
     assert [geometric.at(f) for f in (0.0, 0.5, 1.0, 2.0)] == [192, math.ceil(192 * (1 / 3) ** 0.5), 64, 64]
     linear = Budget(128, 4, 10.0, "linear", 128)
     assert [linear.at(f) for f in (0.0, 0.25, 1.0)] == [128, 97, 4]

@@ -18,13 +18,13 @@ class TopK(nn.Module):
     follows ``pyro_ncl.budget.Budget``: from ``--budget-start`` down to ``--topk`` over ``--budget-anneal-epochs`` in
     training, ``--topk`` in evaluation mode. Deterministic: no latent variable, no prior. [N, K] → [N, K]."""
 
-    def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0, schedule: str = "geometric",
+    def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0, schedule: str = "linear",
                  start: Optional[int] = None):
         super().__init__()
         self.budget = Budget(feature_dim, check_budget(k, feature_dim, "--topk"), anneal_epochs, schedule, start)
 
     @classmethod
-    def build(cls, feature_dim: int, topk=None, anneal_epochs=None, epochs: int = 1, schedule: str = "geometric",
+    def build(cls, feature_dim: int, topk=None, anneal_epochs=None, epochs: int = 1, schedule: str = "linear",
               start: Optional[int] = None) -> "TopK":
         return cls(feature_dim, topk if topk is not None else default_topk(feature_dim),
                    anneal_epochs if anneal_epochs is not None else default_anneal_epochs(epochs), schedule, start)

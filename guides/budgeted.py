@@ -17,6 +17,8 @@ class Budgeted:
     max(2, round(π·K)) of the prior with its curriculum (``pyro_ncl.budget.Budget``), a learned scale s > 0 of the
     value term z / s, and a gate head whose last layer starts at 0 (so the gate starts from z alone)."""
 
+    budgeted = True  # reads the budget settings (``config.BUDGET_SETTINGS``)
+
     def init_budget(self, prior, feature_dim: int, anneal_epochs: float, name: str, schedule: str = "linear",
                     start: Optional[int] = None) -> None:
         if not hasattr(prior, "prior_prob"):

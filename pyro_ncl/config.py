@@ -389,18 +389,32 @@ GATE_SETTINGS = ("prior_prob", "kl_weight", "gate_temperature", "beta_concentrat
                  "gate_grad_to_backbone", "kl_warmup_epochs", "test_gate", "gate_lr")
 
 
+# settings only a part with a budget reads (the top-k activation, the budgeted gates: ``budgeted = True``)
+BUDGET_SETTINGS = ("budget_anneal_epochs", "budget_schedule", "budget_start")
+
+
+def uses_budget(settings: Dict[str, Any]) -> bool:
+    """Whether resolved settings run a part with a budget (its class says ``budgeted = True``)."""
+    from guides import GUIDES
+    from pyro_ncl.non_negativity import NON_NEGATIVITY
+    parts = ((GUIDES, settings.get("guide")), (NON_NEGATIVITY, settings.get("non_neg")))
+    return any(name in registry and getattr(registry[name], "budgeted", False) for registry, name in parts)
+
+
 def changed_settings(saved: Dict[str, Any], wanted: Dict[str, Any]) -> List[str]:
     """The settings (bookkeeping aside) in which a run's saved config.json differs from the settings ``wanted``
     (``Config.to_dict``, resolved). A setting the saved run lacks (written by an older version) counts as its
     default; a wanted "auto" setting (None, e.g. ``--gpu-augment``) matches whatever the run resolved it to; for an
-    ungated run (prior ``none`` in both) the gate's settings (``GATE_SETTINGS``) are not compared, since nothing
-    reads them (a changed default β must not make NCL's finished runs foreign)."""
+    ungated run (prior ``none`` in both) the gate's settings (``GATE_SETTINGS``) are not compared, nor the budget's
+    (``BUDGET_SETTINGS``) for runs without a budget, since nothing reads them (a changed default must not make
+    NCL's finished runs foreign)."""
     meta = {f.name: f for f in fields(Config)}
     auto = {name for name, f in meta.items() if f.metadata.get("shown") == "auto"}
     ungated = wanted.get("prior") == "none" and saved.get("prior") == "none"
+    unbudgeted = not uses_budget(wanted) and not uses_budget(saved)
     return sorted(k for k, v in wanted.items()
                   if k not in BOOKKEEPING and not (v is None and k in auto)
-                  and not (ungated and k in GATE_SETTINGS)
+                  and not (ungated and k in GATE_SETTINGS) and not (unbudgeted and k in BUDGET_SETTINGS)
                   and saved.get(k, meta[k].default if k in meta else None) != v)
 
 

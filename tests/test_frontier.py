@@ -293,3 +293,18 @@ def test_the_final_reports_each_designs_chosen_point_not_the_last_of_a_sweep():
                              "gate": {"knob": 0.1, "variant": "mode"}}}
     got = [(p["design"], p["knob"], p["variant"]) for p in reported_points(points, selection)]
     assert got == [("ncl_topk", 6, "features"), ("gate", 0.1, "mode")]
+
+
+def test_budget_settings_count_only_for_parts_with_a_budget():
+    """A run without a budget (NCL, relaxed_st) is the same run whatever --budget-schedule says; for the top-k
+    activation and the budgeted gates (``budgeted = True``) it is another run."""
+    from pyro_ncl.config import Config, changed_settings, uses_budget
+    for method, budgeted in (("ncl", False), ("cl", False), ("ncl_topk", True), ("bayesncl", True)):
+        wanted = Config(method=method).resolved().to_dict()
+        assert uses_budget(wanted) is budgeted
+        saved = dict(wanted, budget_schedule="geometric", budget_start=64)  # the wanted start is auto: not compared
+        assert changed_settings(saved, wanted) == (["budget_schedule"] if budgeted else [])
+        pinned = dict(wanted, budget_start=128)
+        assert changed_settings(saved, pinned) == (["budget_schedule", "budget_start"] if budgeted else [])
+    relaxed = Config(method="bayesncl", guide="relaxed_st").resolved().to_dict()
+    assert changed_settings(dict(relaxed, budget_schedule="geometric"), relaxed) == []

@@ -18,6 +18,8 @@ class TopK(nn.Module):
     follows ``pyro_ncl.budget.Budget``: from ``--budget-start`` down to ``--topk`` over ``--budget-anneal-epochs`` in
     training, ``--topk`` in evaluation mode. Deterministic: no latent variable, no prior. [N, K] → [N, K]."""
 
+    budgeted = True  # reads the budget settings (``config.BUDGET_SETTINGS``)
+
     def __init__(self, feature_dim: int, k: int, anneal_epochs: float = 0.0, schedule: str = "linear",
                  start: Optional[int] = None):
         super().__init__()

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 import pyro_ncl.launcher
-import pyro_ncl.sweep
+import pyro_ncl.commands.sweep
 from pyro_ncl.config import Config
 from pyro_ncl.cli import build_parser, config_from_args
 from pyro_ncl.run_folder import save_config
@@ -82,8 +82,8 @@ def sweep_args(out, *grid, reference=(), run_args=("--epochs", "2")):
 
 @pytest.fixture
 def sweep(monkeypatch):
-    monkeypatch.setattr(pyro_ncl.sweep, "plot", lambda rows, out: None)
-    return pyro_ncl.sweep
+    monkeypatch.setattr(pyro_ncl.commands.sweep, "plot", lambda rows, out: None)
+    return pyro_ncl.commands.sweep
 
 
 def test_sweep_reuses_runs_of_its_settings_and_never_overwrites_others(sweep, tmp_path, monkeypatch, capsys):

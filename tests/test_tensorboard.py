@@ -236,7 +236,7 @@ def test_sweep_points_and_references_form_one_tensorboard_logdir(tiny_run, tmp_p
     shutil.copytree(tiny_run("bayesncl"), out / point)
     reference = tiny_run("ncl")
     sweep = script("sweep")
-    sweep.main(argparse.Namespace(out=str(out), grid=[point], reference=[str(reference)],
+    sweep.run_sweep(argparse.Namespace(out=str(out), grid=[point], reference=[str(reference)],
                                   run_args=[*TINY_RUN_FLAGS, "--method", "bayesncl"]))  # the copied run's settings
     printed = capsys.readouterr().out
     assert f"{point}: ok done before" in printed  # reused, not trained again

@@ -163,7 +163,7 @@ def gated_guides():
 def test_probs_and_samples_are_the_guides_own(guide):
     """At T = 0.5: ``probs(h)`` is the frequency with which the guide's own draws open a gate (mask > ½), σ(a) for
     the Bernoulli guides and relaxed_soft, the marginals of the exactly-k posterior (whose mode is its k largest
-    logits, every draw opening k gates); the deterministic point estimate answers σ(a/T) and draws its one mask."""
+    logits, every draw opening k gates) and of the at-most-k one (the positive ones among them, at most k); the deterministic point estimate answers σ(a/T) and draws its one mask."""
     prior = "concrete" if GUIDES[guide].value_kind == "soft" else "bernoulli"
     config = Config(prior=prior, guide=guide, gate_temperature=0.5, width=4, hidden_dim=16, feature_dim=8).resolved()
     torch.manual_seed(0)
@@ -175,10 +175,12 @@ def test_probs_and_samples_are_the_guides_own(guide):
     a = system.guide.view_logits(h, z).detach()
     probs, masks = system.guide.probs(h, z).detach(), system.guide.sample_masks(h, 4000, z)
     assert probs.shape == (5, 8) and masks.shape == (4000, 5, 8)
-    if issubclass(GUIDES[guide], ExactKGate):  # exact_k and exact_k_aux
-        k = system.guide.k
-        top = torch.zeros_like(a).scatter_(1, torch.topk(a, k, dim=1).indices, 1.0)
-        assert torch.equal(system.guide.mode(h, z), top) and torch.equal(masks.sum(-1), torch.full((4000, 5), float(k)))
+    if issubclass(GUIDES[guide], ExactKGate):  # exact_k, exact_k_aux and atmost_k
+        k, at_most = system.guide.k, guide == "atmost_k"
+        top = torch.topk(a, k, dim=1)
+        on = (top.values > 0).float() if at_most else 1.0  # at most k: the positive ones of the k largest
+        assert torch.equal(system.guide.mode(h, z), torch.zeros_like(a).scatter_(1, top.indices, on))
+        assert bool((masks.sum(-1) <= k).all()) if at_most else torch.equal(masks.sum(-1), torch.full((4000, 5), float(k)))
         freq = masks.double().mean(0)
         assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / 4000).sqrt() + 1e-3).all()
         return

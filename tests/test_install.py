@@ -18,7 +18,7 @@ def test_a_non_editable_install_runs_a_preset(tmp_path, fake_mnist):
                            cwd=tmp_path, capture_output=True, text=True, check=True)
     assert where.stdout.startswith(str(site))  # the installed copy, not the checkout
     data = fake_mnist(tmp_path / "data", train=64, test=16)
-    run = subprocess.run([sys.executable, "-m", "pyro_ncl.experiment", "--preset", "bayesncl_relaxed_st",
+    run = subprocess.run([sys.executable, "-m", "pyro_ncl.commands.run_svi", "--preset", "bayesncl_relaxed_st",
                           "--dataset", "mnist", "--data-root", str(data), "--subset", "64", "--epochs", "1",
                           "--batch-size", "32", "--width", "2", "--hidden-dim", "8", "--feature-dim", "8",
                           "--probe-epochs", "1", "--quiet", "--out", str(tmp_path / "run")],

@@ -10,7 +10,7 @@ import argparse
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from pyro_ncl.config import FIELD_NAMES, FIELDS, GROUPS, Config, _choices, _field_type
 
@@ -42,6 +42,16 @@ def exit_on_bad_input(main: Callable[[Any], Any], args: Any, bad_input: Tuple[ty
     except OSError as err:
         print(f"error: {os_error_line(err)}", file=sys.stderr)
     sys.exit(2)
+
+
+def split_run_args(argv=None) -> Tuple[List[str], List[str]]:
+    """A launcher's command line (``frontier.py``, ``sweep.py``, ``timing.py``) split at its first ``--``: (its own
+    flags, the flags passed on to every ``run_svi.py`` run); ``sys.argv[1:]`` when ``argv`` is None."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
 
 
 def run_script(main: Callable[[Any], Any], parser: argparse.ArgumentParser, argv=None) -> Any:

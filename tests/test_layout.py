@@ -14,8 +14,11 @@ Not covered, on purpose: ``pyro_ncl.budget.SCHEDULES`` (two one-line curricula) 
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
+import runpy
+from pathlib import Path
 from typing import Dict, List
 
 import pytest
@@ -105,3 +108,29 @@ def test_register_records_the_calling_module():
     assert registry.module("here") == __name__ and registry.module("there") == "somewhere.else"
     with pytest.raises(ValueError, match="unknown thing 'nowhere'; expected one of: here, there"):
         registry.module("nowhere")
+
+
+SCRIPTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "experiments").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_is_a_thin_front_of_its_command(script, capsys, monkeypatch):
+    """``experiments/X.py`` runs ``pyro_ncl.commands.X.cli`` and nothing else: its code (docstring aside) is the
+    import and the ``__main__`` call, so ``--help``, run as the script, prints the usage of the command's parser under
+    the script's name and exits 0."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{script}.py"
+    tree = ast.parse(path.read_text())
+    body = [node for node in tree.body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    imports = [node for node in body if isinstance(node, ast.ImportFrom)]
+    assert [(node.module, [a.name for a in node.names]) for node in imports] == [(f"pyro_ncl.commands.{script}",
+                                                                                  ["cli"])]
+    assert all(isinstance(node, (ast.Import, ast.ImportFrom, ast.If)) for node in body), script
+    assert ast.get_docstring(tree).count("\n") < 12  # the usage lines, and where the command lives
+    module = importlib.import_module(f"pyro_ncl.commands.{script}")
+    monkeypatch.setattr("sys.argv", [str(path), "--help"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(path), run_name="__main__")
+    assert done.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"usage: {path.name}") and "--help" in printed
+    assert "options:" in printed and callable(module.cli)

@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from pyro_ncl.cli import split_run_args
 from pyro_ncl.designs import load_designs, override_knobs, plan, requested_config, setting_flags
 from pyro_ncl.frontier import REFERENCE, final_designs
 from pyro_ncl.frontier_report import final_report, header, learning_curve, record_page, selection_report
@@ -185,10 +186,8 @@ def main(args, run_args: List[str]) -> dict:
 
 
 def cli(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    run_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    args = parser().parse_args(argv)
+    own, run_args = split_run_args(argv)
+    args = parser().parse_args(own)
     try:
         main(args, run_args)
     except (ValueError, RuntimeError) as err:

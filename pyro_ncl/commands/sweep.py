@@ -17,7 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_ncl.cli import OneLineParser, build_parser, config_from_args, exit_on_bad_input  # noqa: E402
+from pyro_ncl.cli import (OneLineParser, build_parser, config_from_args, exit_on_bad_input,  # noqa: E402
+                          split_run_args)
 from pyro_ncl.config import FIELD_NAMES, Config  # noqa: E402
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.launcher import launch  # noqa: E402
@@ -168,8 +169,7 @@ def parser() -> OneLineParser:
 
 def cli(argv=None):
     """``experiments/sweep.py``'s command line: flags before ``--`` for the sweep, after it for every run."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    run_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    parsed = parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    own, run_args = split_run_args(argv)
+    parsed = parser().parse_args(own)
     parsed.run_args = run_args
     return exit_on_bad_input(run_sweep, parsed)

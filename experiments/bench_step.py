@@ -5,10 +5,9 @@ SimCLR step (the same encoder and projector, NT-Xent, no gate), interleaved in o
 
     python experiments/bench_step.py                 # prints the median times, SVI / plain and SVI / SimCLR
     python experiments/bench_step.py --amp bf16 --channels-last --device cuda
-    python experiments/bench_step.py --backbone resnet18 --no-cifar-stem --channels 3 --size 224 --batch-size 128 \
-        --hidden-dim 16384 --feature-dim 2048 --device cuda           # ImageNet-100-sized (the preset's model)
 
-The flags: ``--help``; what it measures and writes: ``pyro_ncl/commands/bench_step.py``, whose ``cli`` this runs.
+ImageNet-100-sized steps and the rest of the flags: ``--help``; what it measures and writes:
+``pyro_ncl/commands/bench_step.py``, whose ``cli`` this runs.
 """
 from pyro_ncl.commands.bench_step import cli
 

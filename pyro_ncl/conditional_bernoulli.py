@@ -60,18 +60,55 @@ COMPUTE_DTYPE = torch.float64  # the tables' precision (float32 tables lose the 
 # ---------------------------------------------------------------- the tree (working logits t [..., K])
 # Tables (log-coefficients, their maxima) are float64; the softmax weights of each log-sum-exp — numbers in [0, 1],
 # whose exponentials are most of the work — are in the logits' precision (float32 in training, float64 for
-# float64 logits). Every level is a few batched operations: its terms are views (``unfold``) of its small tables
-# padded with log 0, added in one broadcast.
+# float64 logits). Every table is stored with a pad column first (log 0 for the inside tables; for the outside tables
+# and the tangents a finite value that only ever meets a weight of exactly 0), so that each level's summands come
+# from one small gather of its children's rows with a fixed index (cached per width) and two strided views of it
+# added: a handful of batched operations per level, whatever K, and no pass over the summands but the add.
 @functools.lru_cache(maxsize=None)
-def _root_outside(k: int, device: torch.device) -> torch.Tensor:
-    """[1, k + 1] O_root[j] = log e_{k−j}(no dimension): 0 at j = k, log 0 elsewhere."""
-    return torch.where(torch.arange(k + 1, device=device) == k, 0.0, NEG).to(COMPUTE_DTYPE)[None]
+def _root_outside(k: int, at_most: bool, device: torch.device) -> torch.Tensor:
+    """[1, k + 2] the root's stored outside table: pad, then O_root[j] = log e_{k−j}(no dimension), 0 at j = k (at
+    most k: at every j ≤ k), log 0 elsewhere."""
+    j = torch.arange(-1, k + 1, device=device)
+    on = ((j >= 0) & (j <= k)) if at_most else (j == k)
+    return torch.where(on, 0.0, NEG).to(COMPUTE_DTYPE)[None]
 
 
 @functools.lru_cache(maxsize=None)
-def _column_offsets(rows: int, width: int, device: torch.device) -> torch.Tensor:
-    """[rows] i · width: where row i of a flattened [rows, width] table starts."""
-    return torch.arange(rows, device=device) * width
+def _draw_offsets(rows: int, width: int, device: torch.device) -> torch.Tensor:
+    """[rows] i · width + 1: where degree 0 of row i of a flattened [rows, width] stored table (pad first) sits."""
+    return torch.arange(rows, device=device) * width + 1
+
+
+@functools.lru_cache(maxsize=None)
+def _up_index(w_child: int, w: int, device: torch.device) -> torch.Tensor:
+    """[2 w_c + w] positions in the children's pair row [pad, U_a (w_c), pad, U_b (w_c)] of U_a reversed (w_c), then
+    U_b padded: w_c pads, U_b, w − w_c pads (windows of it of width w + 1 give U_b[r − j] for r = −1 … w − 1)."""
+    pad_b = w_child + 1
+    index = (list(range(w_child, 0, -1)) + [pad_b] * w_child + list(range(pad_b + 1, pad_b + 1 + w_child))
+             + [pad_b] * (w - w_child))
+    return torch.tensor(index, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def _down_index(w_parent: int, w_child: int, device: torch.device) -> torch.Tensor:
+    """[4 w_c] positions in the row [O_p stored (w_p + 1), pad, U_a (w_c), pad, U_b (w_c)] of the left child's
+    sibling U_b, the right child's sibling U_a, then O_p padded: O_pad[m] = O_p[m − 1] for 1 ≤ m ≤ w_p, a pad
+    elsewhere (m < 2 w_c)."""
+    pad = w_parent + 1
+    u_a, u_b = list(range(pad + 1, pad + 1 + w_child)), list(range(pad + w_child + 2, pad + 2 * w_child + 2))
+    o_pad = [m if 1 <= m <= w_parent else pad for m in range(2 * w_child)]
+    return torch.tensor(u_b + u_a + o_pad, device=device)
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [..., m] → [..., len(index)] x[..., index] (``gather``: several times faster than indexing on a CPU)."""
+    return x.gather(-1, index.expand(x.shape[:-1] + index.shape))
+
+
+def _view(g: torch.Tensor, sizes: tuple, strides: tuple, offset: int) -> torch.Tensor:
+    """A strided view of g [..., m] (contiguous): [..., *sizes] with the last dimensions' ``strides``, from entry
+    ``offset`` of each row."""
+    return g.as_strided(g.shape[:-1] + sizes, g.stride()[:-1] + strides, g.storage_offset() + offset)
 
 
 def _lse(terms: torch.Tensor, dim: int, weight_dtype: torch.dtype):
@@ -95,38 +132,39 @@ def _pad(x: torch.Tensor, left: int, right: int, value: float) -> torch.Tensor:
     return out
 
 
-def _up_terms(table: torch.Tensor, w: int, pad: float) -> torch.Tensor:
-    """Children ``table`` [..., 2n, w_c] → [..., n, w_c, w]: entry [i, r] = U_a[j] + U_b[r − j] with j = w_c − 1 − i
-    (the summands of their parents' U_p[r] = log Σ_j exp(U_a[j] + U_b[r − j]), j in reverse order), ``pad`` where
-    r − j is out of range: U_b[r − j] is window i of U_b padded by w_c − 1 on the left."""
-    w_child = table.shape[-1]
-    left, right = table[..., 0::2, :], table[..., 1::2, :]
-    windows = _pad(right, w_child - 1, w - w_child, pad).unfold(-1, w, 1)
-    return windows + left.flip(-1).unsqueeze(-1)
+def _up_terms(table: torch.Tensor, w: int) -> torch.Tensor:
+    """Children's stored tables [..., 2n, w_c + 1] → [..., n, w_c, w + 1]: entry [i, r + 1] = U_a[j] + U_b[r − j]
+    with j = w_c − 1 − i, the summands of their parents' U_p[r] = log Σ_j exp(U_a[j] + U_b[r − j]) (r < w), a pad
+    where r − j is out of range (all of column 0, r = −1: the parents' pad)."""
+    w_child = table.shape[-1] - 1
+    pairs = table.view(table.shape[:-2] + (-1, 2 * (w_child + 1)))
+    g = _gather(pairs, _up_index(w_child, w, table.device))
+    return _view(g, (w_child, w + 1), (1, 0), 0) + _view(g, (w_child, w + 1), (1, 1), w_child)
 
 
-def _down_terms(parent: torch.Tensor, table: torch.Tensor, pad: float) -> torch.Tensor:
-    """The parents' outside tables [..., n, w_p] and the children's inside tables [..., 2n, w_c] → [..., n, 2, w_c,
-    w_c]: entry [s, x, y] = O_p[x + y] + U_sibling[y], the summands of child s's outside table O_s[x] (left child
-    first), ``pad`` where x + y ≥ w_p."""
-    w_child = table.shape[-1]
-    extra = 2 * w_child - 1 - parent.shape[-1]
-    if extra > 0:
-        parent = _pad(parent, 0, extra, pad)
-    spread = parent.unfold(-1, w_child, 1)[..., :w_child, :]  # [x, y] = O_p[x + y]
-    siblings = table.unflatten(-2, (-1, 2)).flip(-2)  # [..., n, 2, w_c]: the right child's table, then the left's
-    return spread.unsqueeze(-3) + siblings.unsqueeze(-2)
+def _down_terms(parent: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The parents' stored outside tables [..., n, w_p + 1] and the children's stored inside tables [..., 2n,
+    w_c + 1] → [..., n, 2, w_c + 1, w_c]: entry [s, x + 1, y] = O_p[x + y] + U_sibling[y], the summands of child
+    s's outside table O_s[x] (left child first), a pad where x + y ≥ w_p; row 0 (x = −1) is the children's stored
+    first column (finite, and only ever met with a weight of 0)."""
+    w_parent, w_child = parent.shape[-1] - 1, table.shape[-1] - 1
+    row = torch.cat([parent, table.view(parent.shape[:-1] + (2 * (w_child + 1),))], -1)
+    g = _gather(row, _down_index(w_parent, w_child, table.device))
+    sizes = (2, w_child + 1, w_child)
+    return _view(g, sizes, (w_child, 0, 1), 0) + _view(g, sizes, (0, 1, 1), 2 * w_child)
 
 
 class Tree:
     """The tables of a batch of working problems, k ≥ 1 ones among t [..., K], over a balanced binary tree of the
-    dimensions (padded with dimensions of weight 0 to P = 2^⌈log₂ K⌉ ≥ 2), computed without autograd:
+    dimensions (padded with dimensions of weight 0 to P = 2^⌈log₂ K⌉ ≥ 2), computed without autograd. Every table
+    is stored with a pad column first: column r + 1 holds degree r.
 
-    * ``levels``: inside tables from the pairs of dimensions up, level i [..., P / 2^(i+1), min(k, 2^(i+1)) + 1]
+    * ``levels``: inside tables from the pairs of dimensions up, level i [..., P / 2^(i+1), min(k, 2^(i+1)) + 2]
       (float64): a pair's table is (0, log(e^{t_a} + e^{t_b}), t_a + t_b) in closed form, a parent's the log-space
-      convolution of its children's; ``log_z`` [...]; the up pass's weights ``up``, p(j | r) = exp(U_a[j] +
-      U_b[r − j] − U_p[r]) (the split of a node's r ones between its children: for a pair holding one,
-      σ(t_a − t_b) for its left dimension), and each node's split entropy h[r] = −Σ_j p(j | r) log p(j | r);
+      convolution of its children's; ``log_z`` [...]; the up pass's weights ``up``, [..., n, i, r + 1] p(j | r) =
+      exp(U_a[j] + U_b[r − j] − U_p[r]) with j = w_c − 1 − i (the split of a node's r ones between its children:
+      for a pair holding one, σ(t_a − t_b) for its left dimension), and each node's split entropy
+      h[r] = −Σ_j p(j | r) log p(j | r);
     * ``outside()``: the down pass: μ [..., K] = exp(t_d + O_d[1] − log Z) and the entropy H [...] = Σ over nodes
       Σ_r P(node holds r) · h[r] (the chain rule of the top-down sampler: a sum of non-negative terms, so H ≥ 0
       and accurate however large log Z and θ·μ are);
@@ -141,20 +179,23 @@ class Tree:
         t = _pad(t.to(COMPUTE_DTYPE), 0, pad, NEG) if pad else t.to(COMPUTE_DTYPE)
         self.left, self.right = t[..., 0::2], t[..., 1::2]  # [..., P/2]: a padded dimension (NEG) is never chosen
         either = torch.logaddexp(self.left, self.right)
-        self.first = torch.sigmoid(self.left - self.right)  # p(the left dimension | the pair holds one)
-        split = -(torch.xlogy(self.first, self.first) + torch.xlogy(1 - self.first, 1 - self.first))
-        table = torch.stack([torch.zeros_like(either), either, self.left + self.right][:min(k, 2) + 1], -1)
+        first, second = torch.sigmoid(self.left - self.right), torch.sigmoid(self.right - self.left)
+        self.first = first.to(weight_dtype)  # p(the left dimension | the pair holds one)
+        split = -(torch.xlogy(first, first) + torch.xlogy(second, second))
+        table = either.new_full(either.shape + (min(k, 2) + 2,), NEG)  # (pad | 0, log e_1, log e_2)
+        table[..., 1], table[..., 2] = 0.0, either
+        if k > 1:
+            table[..., 3] = self.left + self.right
         self.levels, self.up, self.pair_split, size = [table], [], split, 2
         while table.shape[-2] > 1:
             size *= 2
-            table, weights, log_weights, log_total = _lse(_up_terms(table, min(k, size) + 1, NEG), -2,
-                                                          weight_dtype)
+            table, weights, log_weights, log_total = _lse(_up_terms(table, min(k, size) + 1), -2, weight_dtype)
             split = log_total - (weights * log_weights).sum(-2, keepdim=True)
             table = table.view(table.shape[:-2] + table.shape[-1:])
             self.levels.append(table)
             self.up.append((weights, split.view(split.shape[:-2] + split.shape[-1:])))
         # exactly k: log Z = U_root[k]; at most k: log Σ_{c ≤ k} e_c (the root's law of its count P(c) ∝ e_c)
-        self.log_z = torch.logsumexp(table[..., 0, :], -1) if at_most else table[..., 0, k]
+        self.log_z = torch.logsumexp(table[..., 0, 1:], -1) if at_most else table[..., 0, k + 1]
 
     def outside(self, root: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(μ [..., K], H [...]) from the down pass (its weights kept for ``tangent``). ``root``: instead of exactly
@@ -162,27 +203,26 @@ class Tree:
         mixture over c of the exactly-c laws, H given c (the count's own entropy left out)."""
         # outside tables are kept less log Z, so that U + O is the log-probability that a node holds r ones
         count_entropy = 0.0
-        if root is None and self.at_most:  # O_root[c] = 0 for every c ≤ k; the count's entropy joins H
-            out = torch.zeros_like(self.levels[-1]) - self.log_z[..., None, None]
-            log_p = self.levels[-1][..., 0, :] - self.log_z.unsqueeze(-1)
-            count_entropy = -(log_p.exp() * torch.where(log_p > NEG / 2, log_p, 0.0)).sum(-1)
-        elif root is None:
-            out = _root_outside(self.k, self.log_z.device) - self.log_z[..., None, None]
+        if root is None:  # at most k: O_root[c] = 0 for every c ≤ k, and the count's entropy joins H
+            out = _root_outside(self.k, self.at_most, self.log_z.device) - self.log_z.view(self.log_z.shape + (1, 1))
+            if self.at_most:
+                log_p = self.levels[-1][..., 0, 1:] - self.log_z.unsqueeze(-1)
+                count_entropy = -(log_p.exp() * torch.where(log_p > NEG / 2, log_p, 0.0)).sum(-1)
         else:  # O_root[c] = log P(c) − U_root[c], log 0 where c is impossible
-            top, root = self.levels[-1], root.unsqueeze(-2)  # [..., 1, k + 1]
-            out = torch.where((root > NEG / 2) & (top > NEG / 2), root - top, NEG)
+            top, root = self.levels[-1][..., 1:], root.unsqueeze(-2)  # [..., 1, k + 1]
+            out = _pad(torch.where((root > NEG / 2) & (top > NEG / 2), root - top, NEG), 1, 0, NEG)
         self.down, entropy = [], []
         for level in range(len(self.levels) - 1, 0, -1):
             parent, table, (_, split) = self.levels[level], self.levels[level - 1], self.up[level - 1]
             entropy.append(((parent + out).exp() * split).flatten(-2))  # P(node holds r) · h[r]
-            out, weights, _, _ = _lse(_down_terms(out, table, NEG), -1, self.weight_dtype)
+            out, weights, _, _ = _lse(_down_terms(out, table), -1, self.weight_dtype)
             self.down.append(weights)
             out = out.view(out.shape[:-4] + (-1, table.shape[-1]))
         # the pairs: a dimension's outside is O[1] + (O[2] + its partner) when the pair may hold two
-        one = out[..., 1]
-        entropy.append((self.levels[0][..., 1] + one).exp() * self.pair_split)
-        if out.shape[-1] > 2:
-            both = out[..., 2]
+        one = out[..., 2]
+        entropy.append((self.levels[0][..., 2] + one).exp() * self.pair_split)
+        if out.shape[-1] > 3:
+            both = out[..., 3]
             self.with_partner = (torch.sigmoid(both + self.right - one), torch.sigmoid(both + self.left - one))
             left_out = torch.logaddexp(one, both + self.right)
             right_out = torch.logaddexp(one, both + self.left)
@@ -192,30 +232,32 @@ class Tree:
         return mu[..., :self.num_dims], (torch.cat(entropy, -1).sum(-1) + count_entropy).clamp(min=0)
 
     def tangent(self, v: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        """[..., K] v → [..., K] dμ = Σ_e ∂μ/∂t_e v_e (each log-sum-exp's tangent is the softmax-weighted sum of its
-        terms' tangents), in the weights' precision."""
+        """[..., K] v, μ (the weights' dtype) → [..., K] dμ = Σ_e ∂μ/∂t_e v_e (each log-sum-exp's tangent is the
+        softmax-weighted sum of its terms' tangents), in the weights' precision."""
         v = v.to(self.weight_dtype)
         pad = 2 * self.left.shape[-1] - v.shape[-1]
         padded = _pad(v, 0, pad, 0.0) if pad else v
         v_left, v_right = padded[..., 0::2], padded[..., 1::2]
-        first = self.first.to(self.weight_dtype)
-        either = first * v_left + (1 - first) * v_right
-        table = torch.stack([torch.zeros_like(either), either, v_left + v_right][:self.levels[0].shape[-1]], -1)
+        either = v_right + self.first * (v_left - v_right)
+        table = either.new_zeros(either.shape + (self.levels[0].shape[-1],))  # (pad | 0, d log e_1, d log e_2)
+        table[..., 2] = either
+        if table.shape[-1] > 3:
+            table[..., 3] = v_left + v_right
         tangents = [table]
         for (weights, _), parent in zip(self.up, self.levels[1:]):
-            table = (weights * _up_terms(table, parent.shape[-1], 0.0)).sum(-2)
+            table = (weights * _up_terms(table, parent.shape[-1] - 1)).sum(-2)
             tangents.append(table)
         if self.at_most:  # d log Σ_c e_c = Σ_c P(c) dU_root[c]
-            p = (self.levels[-1][..., 0, :] - self.log_z.unsqueeze(-1)).exp().to(self.weight_dtype)
-            d_log_z = (p * table[..., 0, :]).sum(-1, keepdim=True)
+            p = (self.levels[-1][..., 0, 1:] - self.log_z.unsqueeze(-1)).exp().to(self.weight_dtype)
+            d_log_z = (p * table[..., 0, 1:]).sum(-1, keepdim=True)
         else:
-            d_log_z = table[..., 0, self.k:self.k + 1]
+            d_log_z = table[..., 0, self.k + 1:self.k + 2]
         out = torch.zeros_like(tangents[-1])
         for weights, table in zip(self.down, reversed(tangents[:-1])):
-            out = (weights * _down_terms(out, table, 0.0)).sum(-1).flatten(-3, -2)
-        one = out[..., 1]
-        if out.shape[-1] > 2:
-            both = out[..., 2]
+            out = (weights * _down_terms(out, table)).sum(-1).flatten(-3, -2)
+        one = out[..., 2]
+        if out.shape[-1] > 3:
+            both = out[..., 3]
             to_left, to_right = (w.to(self.weight_dtype) for w in self.with_partner)
             left_out = one + to_left * (both + v_right - one)
             right_out = one + to_right * (both + v_left - one)
@@ -233,55 +275,63 @@ class Tree:
         # below the cdf's last value, so the share drawn is always a possible one
         u = u.to(self.weight_dtype).clamp_(max=1 - torch.finfo(self.weight_dtype).eps / 2).unsqueeze(-1)
         if self.at_most:
-            cdf = (self.levels[-1][..., 0, :] - self.log_z.unsqueeze(-1)).exp().to(u.dtype).cumsum(-1)
+            cdf = (self.levels[-1][..., 0, 1:] - self.log_z.unsqueeze(-1)).exp().to(u.dtype).cumsum(-1)
             cdf = cdf.expand(u.shape[:-2] + cdf.shape[-1:]).contiguous()
             counts = torch.searchsorted(cdf, u[..., 0, :] * cdf[..., -1:], right=True).unsqueeze(-1)
             u = u[..., 1:, :]
         else:
             counts = torch.full(u.shape[:-2] + (1, 1), self.k, dtype=torch.long, device=u.device)  # [S, ..., n, 1]
         start = 0
-        for weights, _ in reversed(self.up):  # weights [..., n, w_c, w_p]: [i, r], j = w_c − 1 − i
+        for weights, _ in reversed(self.up):  # weights [..., n, w_c, w_p + 1]: [i, r + 1], j = w_c − 1 − i
             n, w_child, w_parent = weights.shape[-3:]
-            flat = weights.flatten(-2).expand(counts.shape[:-1] + (w_child * w_parent,))
-            cdf = flat.gather(-1, counts + _column_offsets(w_child, w_parent, u.device)).cumsum(-1)
+            flat = weights.flatten(-2)
+            if counts.dim() > flat.dim():  # several draws: [S, ..., n, w_c · (w_p + 1)]
+                flat = flat.expand(counts.shape[:-1] + flat.shape[-1:])
+            cdf = flat.gather(-1, counts + _draw_offsets(w_child, w_parent, u.device)).cumsum(-1)
             # the number of cdf entries ≤ u·total is a possible share: the cdf is 0 before the first possible one
             # and flat (= total) from the last one on
             drawn = torch.searchsorted(cdf, u[..., start:start + n, :] * cdf[..., -1:], right=True)
             left = (w_child - 1) - drawn
             counts = torch.cat([left, counts - left], -1).view(counts.shape[:-2] + (2 * n, 1))
             start += n
+        # a pair holding two: both; one: the left with probability σ(t_a − t_b); none: neither
         counts = counts[..., 0]
-        left = (counts == 2) | ((counts == 1) & (u[..., start:, 0] < self.first.to(u.dtype)))
-        return torch.stack([left, counts - left.long()], -1).flatten(-2)[..., :self.num_dims]
+        left = torch.where(u[..., start:, 0] < self.first, counts.clamp(max=1), (counts - 1).clamp(min=0))
+        return torch.stack([left, counts - left], -1).flatten(-2)[..., :self.num_dims]
 
 
 class _Tables(torch.autograd.Function):
-    """(working logits t [..., K] (float64), k, the weights' dtype, holder) → (log Z [...], μ [..., K], H [...])
-    (float64) with the exact gradient:
-    backward(g, G, g_H) = Hess(log Z) · (G − g_H t) + g μ (∂H/∂t = −Hess(log Z) t, since H = log Z − t·μ), the
-    Hessian-vector product by a tangent pass over the tree (what SIMPLE's estimator and the KL need). The ``Tree``
-    is left in ``holder["tree"]`` for the sampler."""
+    """(logits θ [..., K], the same in float64 without gradient, shift c [..., 1] (float64, no gradient), complement,
+    k, the weights' dtype, holder) →
+    (log Z [...], μ [..., K], H [...]) (float64) of the working problem t = ±(θ − c) (− for the complement), with
+    the exact gradient:
+    backward(g, G, g_H) = ±[Hess(log Z) · (G − g_H t) + g μ] (∂H/∂t = −Hess(log Z) t, since H = log Z − t·μ), the
+    Hessian-vector product by a tangent pass over the tree (what SIMPLE's estimator and the KL need), in the
+    weights' precision. The ``Tree`` is left in ``holder["tree"]`` for the sampler."""
 
     @staticmethod
-    def forward(ctx, t, k, weight_dtype, holder, at_most=False):
-        tree = Tree(t.detach(), k, weight_dtype, at_most)
+    def forward(ctx, logits, logits64, shift, complement, k, weight_dtype, holder, at_most=False):
+        ctx.set_materialize_grads(False)  # an output nobody used (log Z, mostly) costs no zeros
+        t = logits64 - shift
+        t = t.neg_() if complement else t
+        tree = Tree(t, k, weight_dtype, at_most)
         mu, entropy = tree.outside()
         holder["tree"] = tree
-        ctx.tree, ctx.t = tree, t.detach()
-        ctx.save_for_backward(mu)
+        ctx.tree, ctx.t, ctx.complement = tree, t, complement
+        ctx.save_for_backward(mu.to(weight_dtype))
         return tree.log_z, mu, entropy
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_log_z, g_mu, g_entropy):
         (mu,) = ctx.saved_tensors
-        v = g_mu if g_mu is not None else torch.zeros_like(mu)
+        v = g_mu if g_mu is not None else torch.zeros_like(ctx.t)
         if g_entropy is not None:
             v = v - g_entropy.unsqueeze(-1) * ctx.t
-        grad = ctx.tree.tangent(v, mu).to(mu.dtype)
+        grad = ctx.tree.tangent(v, mu)
         if g_log_z is not None:
             grad = grad + g_log_z.unsqueeze(-1) * mu
-        return grad.to(ctx.t.dtype), None, None, None, None
+        return -grad if ctx.complement else grad, None, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------- the distribution
@@ -338,12 +388,17 @@ class ConditionalBernoulli(dist.TorchDistribution):
         return max(2, 1 << (self.logits.shape[-1] - 1).bit_length()) - (0 if self.at_most else 1)
 
     @lazy_property
+    def _logits64(self) -> torch.Tensor:
+        """[..., K] the logits in the compute dtype, without gradient."""
+        return self.logits.detach().to(COMPUTE_DTYPE)
+
+    @lazy_property
     def _shift(self) -> torch.Tensor:
         """[..., 1] c: the midpoint of each row's k-th and (k + 1)-th largest logits (no gradient: q ignores it),
         in the compute dtype."""
         K = self.logits.shape[-1]
         with torch.no_grad():
-            logits = self.logits.to(COMPUTE_DTYPE)
+            logits = self._logits64
             if self.at_most:
                 return torch.zeros_like(logits[..., :1])
             if self.k in (0, K):
@@ -365,12 +420,12 @@ class ConditionalBernoulli(dist.TorchDistribution):
     @lazy_property
     def _solved(self):
         """(log Z [...], μ [..., K], H [...], the tree) of the working problem (float64), differentiable."""
-        t = self._working
         if not self._working_k:
-            zero = t.new_zeros(self.batch_shape, dtype=COMPUTE_DTYPE)
-            return zero, torch.zeros_like(t, dtype=COMPUTE_DTYPE), zero, None
+            zero = self.logits.new_zeros(self.batch_shape, dtype=COMPUTE_DTYPE)
+            return zero, torch.zeros_like(self.logits, dtype=COMPUTE_DTYPE), zero, None
         holder = {}
-        log_z, mu, entropy = _Tables.apply(t, self._working_k, self._weight_dtype, holder, self.at_most)
+        log_z, mu, entropy = _Tables.apply(self.logits, self._logits64, self._shift, self._complement, self._working_k,
+                                           self._weight_dtype, holder, self.at_most)
         return log_z, mu, entropy, holder["tree"]
 
     @property
@@ -446,7 +501,9 @@ class ConditionalBernoulli(dist.TorchDistribution):
         mu = self._working_marginals
         if self._complement:
             mu = 1 - mu
-        cross = (mu * probs.log() + (1 - mu) * (-probs).log1p()).sum(-1)
+        log_off = (-probs).log1p()  # Σ_d [μ_d log ρ_d + (1 − μ_d) log(1 − ρ_d)] = μ·logit(ρ) + Σ_d log(1 − ρ_d)
+        closed = log_off.sum(-1) if log_off.dim() else self.logits.shape[-1] * log_off
+        cross = (mu * (probs.log() - log_off)).sum(-1) + closed
         return (-self._entropy - cross).to(self.logits.dtype)
 
     def entropy_within(self, active: torch.Tensor) -> torch.Tensor:
@@ -462,10 +519,10 @@ class ConditionalBernoulli(dist.TorchDistribution):
             centred = self.logits.to(COMPUTE_DTYPE) - self._shift
             inside = Tree(centred.masked_fill(~active, NEG), k, self._weight_dtype)
             outside_ = Tree(centred.masked_fill(active, NEG), k, self._weight_dtype)
-            rest = outside_.levels[-1][..., 0, :]
+            rest = outside_.levels[-1][..., 0, 1:]
             if self.at_most:  # P(c) ∝ e_c(A) Σ_{j ≤ k − c} e_j(Ā)
                 rest = torch.logcumsumexp(rest, -1)
-            log_w = inside.levels[-1][..., 0, :] + rest.flip(-1)  # e_c(A) e_{k−c}(Ā)
+            log_w = inside.levels[-1][..., 0, 1:] + rest.flip(-1)  # e_c(A) e_{k−c}(Ā)
             log_w = torch.where(log_w > NEG / 2, log_w, NEG)
             log_p = torch.where(log_w > NEG / 2, log_w - torch.logsumexp(log_w, -1, keepdim=True), NEG)
             count_entropy = -(log_p.exp() * torch.where(log_w > NEG / 2, log_p, 0.0)).sum(-1)

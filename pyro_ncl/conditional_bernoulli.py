@@ -55,6 +55,8 @@ from torch.distributions.utils import lazy_property
 
 NEG = -1e30  # log 0 that keeps logsumexp and its gradient finite (exp(NEG − x) underflows to exactly 0)
 COMPUTE_DTYPE = torch.float64  # the tables' precision (float32 tables lose the entropy at large K or logits)
+LOG_WEIGHT_FLOOR = -87.0  # the smallest log-weight: e^−87 is a normal float32 (below it exp underflows, slowly)
+DRAW_FLOOR = 1e-30  # the smallest uniform of a draw: above every share of floored weights (≤ K · e^−87 ≈ 1e−34)
 
 
 # ---------------------------------------------------------------- the tree (working logits t [..., K])
@@ -115,10 +117,13 @@ def _lse(terms: torch.Tensor, dim: int, weight_dtype: torch.dtype):
     """log Σ exp along ``dim`` of finite float64 ``terms`` → (result (float64, keepdim), the softmax weights
     p = exp(terms − lse) in ``weight_dtype``, their log-weights terms − max, log of the weights' sum (keepdim)).
     The weights lie in [0, 1] and their sum in [1, m]: the logits' precision is enough for them, the large
-    numbers (the terms, their maximum) stay float64."""
+    numbers (the terms, their maximum) stay float64. Log-weights below ``LOG_WEIGHT_FLOOR`` are raised to it:
+    half the terms are pads (log 0), and an exponential that underflows costs a CPU several times one that does
+    not; a weight of e^−87 ≈ 1.6e−38 beside the largest, 1, changes no sum, and the sampler never draws one
+    (``Tree.draw``)."""
     top = terms.amax(dim, keepdim=True)
     log_weights = torch.sub(terms, top, out=torch.empty(terms.shape, dtype=weight_dtype, device=terms.device))
-    weights = log_weights.exp()
+    weights = log_weights.clamp_(min=LOG_WEIGHT_FLOOR).exp()
     total = weights.sum(dim, keepdim=True)
     log_total = total.log()
     return top + log_total, weights.div_(total), log_weights, log_total
@@ -181,19 +186,20 @@ class Tree:
         either = torch.logaddexp(self.left, self.right)
         first, second = torch.sigmoid(self.left - self.right), torch.sigmoid(self.right - self.left)
         self.first = first.to(weight_dtype)  # p(the left dimension | the pair holds one)
-        split = -(torch.xlogy(first, first) + torch.xlogy(second, second))
+        split = (-(torch.xlogy(first, first) + torch.xlogy(second, second))).to(weight_dtype)  # like every split
         table = either.new_full(either.shape + (min(k, 2) + 2,), NEG)  # (pad | 0, log e_1, log e_2)
         table[..., 1], table[..., 2] = 0.0, either
         if k > 1:
             table[..., 3] = self.left + self.right
-        self.levels, self.up, self.pair_split, size = [table], [], split, 2
+        self.levels, self.up, self.splits, size = [table], [], [split], 2
         while table.shape[-2] > 1:
             size *= 2
             table, weights, log_weights, log_total = _lse(_up_terms(table, min(k, size) + 1), -2, weight_dtype)
             split = log_total - (weights * log_weights).sum(-2, keepdim=True)
             table = table.view(table.shape[:-2] + table.shape[-1:])
             self.levels.append(table)
-            self.up.append((weights, split.view(split.shape[:-2] + split.shape[-1:])))
+            self.up.append(weights)
+            self.splits.append(split.view(split.shape[:-3] + (-1,)))  # [..., n · (w + 1)]
         # exactly k: log Z = U_root[k]; at most k: log Σ_{c ≤ k} e_c (the root's law of its count P(c) ∝ e_c)
         self.log_z = torch.logsumexp(table[..., 0, 1:], -1) if at_most else table[..., 0, k + 1]
 
@@ -211,16 +217,18 @@ class Tree:
         else:  # O_root[c] = log P(c) − U_root[c], log 0 where c is impossible
             top, root = self.levels[-1][..., 1:], root.unsqueeze(-2)  # [..., 1, k + 1]
             out = _pad(torch.where((root > NEG / 2) & (top > NEG / 2), root - top, NEG), 1, 0, NEG)
-        self.down, entropy = [], []
+        self.down, log_p, splits = [], [], []
         for level in range(len(self.levels) - 1, 0, -1):
-            parent, table, (_, split) = self.levels[level], self.levels[level - 1], self.up[level - 1]
-            entropy.append(((parent + out).exp() * split).flatten(-2))  # P(node holds r) · h[r]
+            parent, table = self.levels[level], self.levels[level - 1]
+            log_p.append((parent + out).flatten(-2))  # log P(node holds r)
+            splits.append(self.splits[level])
             out, weights, _, _ = _lse(_down_terms(out, table), -1, self.weight_dtype)
             self.down.append(weights)
             out = out.view(out.shape[:-4] + (-1, table.shape[-1]))
         # the pairs: a dimension's outside is O[1] + (O[2] + its partner) when the pair may hold two
         one = out[..., 2]
-        entropy.append((self.levels[0][..., 2] + one).exp() * self.pair_split)
+        log_p.append(self.levels[0][..., 2] + one)
+        splits.append(self.splits[0])
         if out.shape[-1] > 3:
             both = out[..., 3]
             self.with_partner = (torch.sigmoid(both + self.right - one), torch.sigmoid(both + self.left - one))
@@ -229,7 +237,8 @@ class Tree:
         else:
             left_out = right_out = one
         mu = torch.stack([self.left + left_out, self.right + right_out], -1).flatten(-2).exp()
-        return mu[..., :self.num_dims], (torch.cat(entropy, -1).sum(-1) + count_entropy).clamp(min=0)
+        entropy = (torch.cat(log_p, -1).exp() * torch.cat(splits, -1)).sum(-1)  # Σ_nodes Σ_r P(r) · h[r]
+        return mu[..., :self.num_dims], (entropy + count_entropy).clamp(min=0)
 
     def tangent(self, v: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         """[..., K] v, μ (the weights' dtype) → [..., K] dμ = Σ_e ∂μ/∂t_e v_e (each log-sum-exp's tangent is the
@@ -244,7 +253,7 @@ class Tree:
         if table.shape[-1] > 3:
             table[..., 3] = v_left + v_right
         tangents = [table]
-        for (weights, _), parent in zip(self.up, self.levels[1:]):
+        for weights, parent in zip(self.up, self.levels[1:]):
             table = (weights * _up_terms(table, parent.shape[-1] - 1)).sum(-2)
             tangents.append(table)
         if self.at_most:  # d log Σ_c e_c = Σ_c P(c) dU_root[c]
@@ -272,8 +281,10 @@ class Tree:
         (at most) k ones: a node holding r ones gives its left child j of them with probability p(j | r), the up
         pass's weights (inverse CDF)."""
         # in the weights' precision, below 1 (a float64 uniform may round up to 1.0 in float32): u·total then stays
-        # below the cdf's last value, so the share drawn is always a possible one
-        u = u.to(self.weight_dtype).clamp_(max=1 - torch.finfo(self.weight_dtype).eps / 2).unsqueeze(-1)
+        # below the cdf's last value, so the share drawn is always a possible one; and above DRAW_FLOOR, the most
+        # that the weights of impossible shares (floored at e^−87, not 0) add before the first possible one
+        u = u.to(self.weight_dtype).clamp_(min=DRAW_FLOOR, max=1 - torch.finfo(self.weight_dtype).eps / 2)
+        u = u.unsqueeze(-1)
         if self.at_most:
             cdf = (self.levels[-1][..., 0, 1:] - self.log_z.unsqueeze(-1)).exp().to(u.dtype).cumsum(-1)
             cdf = cdf.expand(u.shape[:-2] + cdf.shape[-1:]).contiguous()
@@ -282,7 +293,7 @@ class Tree:
         else:
             counts = torch.full(u.shape[:-2] + (1, 1), self.k, dtype=torch.long, device=u.device)  # [S, ..., n, 1]
         start = 0
-        for weights, _ in reversed(self.up):  # weights [..., n, w_c, w_p + 1]: [i, r + 1], j = w_c − 1 − i
+        for weights in reversed(self.up):  # weights [..., n, w_c, w_p + 1]: [i, r + 1], j = w_c − 1 − i
             n, w_child, w_parent = weights.shape[-3:]
             flat = weights.flatten(-2)
             if counts.dim() > flat.dim():  # several draws: [S, ..., n, w_c · (w_p + 1)]

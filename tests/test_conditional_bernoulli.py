@@ -143,13 +143,16 @@ def test_draws_follow_the_exact_law(K, k, dtype):
     assert chi_square_p(draws, masks, q) > 1e-3
 
 
-def test_draws_at_the_uniforms_edges_and_their_count():
-    """Uniforms 0 and 1 − 1e-12 (which float32 rounds to 1) still draw masks with k ones; a draw takes P − 1
-    uniforms (one per internal node of the tree over K padded to a power of two P) and other counts are refused."""
-    theta = torch.randn(3, 12) * 4
+@pytest.mark.parametrize("scale", [4.0, 60.0])
+def test_draws_at_the_uniforms_edges_and_their_count(scale):
+    """Uniforms 0 and 1 − 1e-12 (which float32 rounds to 1) still draw masks with k ones, also where most shares'
+    weights are floored at e^−87 instead of 0 (logits of scale 60: an impossible share or a padded dimension would
+    leave a mask without k ones); a draw takes P − 1 uniforms (one per internal node of the tree over K padded to
+    a power of two P) and other counts are refused."""
+    theta = torch.randn(3, 12) * scale
     d = ConditionalBernoulli(theta, 5)
     assert d.num_uniforms == 15
-    for value in (0.0, 1 - 1e-12):
+    for value in (0.0, 1e-40, 1 - 1e-12):
         m = d.from_uniforms(torch.full((2, 3, 15), value, dtype=torch.float64))
         assert bool((m.sum(-1) == 5).all()) and bool(((m == 0) | (m == 1)).all())
     with pytest.raises(ValueError, match="expected 15 uniforms per draw"):

@@ -85,10 +85,11 @@ def _draw_offsets(rows: int, width: int, device: torch.device) -> torch.Tensor:
 def _up_index(w_child: int, w: int, device: torch.device) -> torch.Tensor:
     """[2 w_c + w] positions in the children's pair row [pad, U_a (w_c), pad, U_b (w_c)] of U_a reversed (w_c), then
     U_b padded: w_c pads, U_b, w − w_c pads (windows of it of width w + 1 give U_b[r − j] for r = −1 … w − 1)."""
-    pad_b = w_child + 1
-    index = (list(range(w_child, 0, -1)) + [pad_b] * w_child + list(range(pad_b + 1, pad_b + 1 + w_child))
-             + [pad_b] * (w - w_child))
-    return torch.tensor(index, device=device)
+    # built on the device from arange (no host-to-device copy, which would make the host wait for a GPU)
+    p = torch.arange(2 * w_child + w, device=device)
+    pad_b, q = w_child + 1, p - w_child  # q: the position in U_b padded
+    padded_b = torch.where((q >= w_child) & (q < 2 * w_child), pad_b + 1 + q - w_child, pad_b)
+    return torch.where(p < w_child, w_child - p, padded_b)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,10 +97,10 @@ def _down_index(w_parent: int, w_child: int, device: torch.device) -> torch.Tens
     """[4 w_c] positions in the row [O_p stored (w_p + 1), pad, U_a (w_c), pad, U_b (w_c)] of the left child's
     sibling U_b, the right child's sibling U_a, then O_p padded: O_pad[m] = O_p[m − 1] for 1 ≤ m ≤ w_p, a pad
     elsewhere (m < 2 w_c)."""
-    pad = w_parent + 1
-    u_a, u_b = list(range(pad + 1, pad + 1 + w_child)), list(range(pad + w_child + 2, pad + 2 * w_child + 2))
-    o_pad = [m if 1 <= m <= w_parent else pad for m in range(2 * w_child)]
-    return torch.tensor(u_b + u_a + o_pad, device=device)
+    p, pad = torch.arange(4 * w_child, device=device), w_parent + 1
+    m = p - 2 * w_child  # the position in O_p padded
+    o_pad = torch.where((m >= 1) & (m <= w_parent), m, pad)
+    return torch.where(p < w_child, pad + w_child + 2 + p, torch.where(p < 2 * w_child, pad + 1 + p - w_child, o_pad))
 
 
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

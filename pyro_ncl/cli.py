@@ -54,6 +54,15 @@ def split_run_args(argv=None) -> Tuple[List[str], List[str]]:
     return argv[:cut], argv[cut + 1:]
 
 
+def parse_launcher_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """A launcher's own flags parsed by ``parser``, with the flags after ``--`` as ``args.run_args``
+    (``split_run_args``)."""
+    own, run_args = split_run_args(argv)
+    args = parser.parse_args(own)
+    args.run_args = run_args
+    return args
+
+
 def run_script(main: Callable[[Any], Any], parser: argparse.ArgumentParser, argv=None) -> Any:
     """A script's ``__main__``: parse its command line and ``main(args)``, with a run's bad input (settings, a
     missing dataset, a foreign checkpoint) as one line on stderr and exit status 2, an interrupt as exit status 130."""

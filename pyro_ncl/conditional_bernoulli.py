@@ -313,19 +313,16 @@ class Tree:
 
 
 class _Tables(torch.autograd.Function):
-    """(logits θ [..., K], the same in float64 without gradient, shift c [..., 1] (float64, no gradient), complement,
-    k, the weights' dtype, holder) →
-    (log Z [...], μ [..., K], H [...]) (float64) of the working problem t = ±(θ − c) (− for the complement), with
-    the exact gradient:
+    """(logits θ [..., K], the working problem's logits t = ±(θ − c) [..., K] (float64, no gradient; − for the
+    complement), complement, k, the weights' dtype, holder) → (log Z [...], μ [..., K], H [...]) (float64) of the
+    working problem, with the exact gradient in θ:
     backward(g, G, g_H) = ±[Hess(log Z) · (G − g_H t) + g μ] (∂H/∂t = −Hess(log Z) t, since H = log Z − t·μ), the
     Hessian-vector product by a tangent pass over the tree (what SIMPLE's estimator and the KL need), in the
     weights' precision. The ``Tree`` is left in ``holder["tree"]`` for the sampler."""
 
     @staticmethod
-    def forward(ctx, logits, logits64, shift, complement, k, weight_dtype, holder, at_most=False):
+    def forward(ctx, logits, t, complement, k, weight_dtype, holder, at_most=False):
         ctx.set_materialize_grads(False)  # an output nobody used (log Z, mostly) costs no zeros
-        t = logits64 - shift
-        t = t.neg_() if complement else t
         tree = Tree(t, k, weight_dtype, at_most)
         mu, entropy = tree.outside()
         holder["tree"] = tree
@@ -343,7 +340,7 @@ class _Tables(torch.autograd.Function):
         grad = ctx.tree.tangent(v, mu)
         if g_log_z is not None:
             grad = grad + g_log_z.unsqueeze(-1) * mu
-        return -grad if ctx.complement else grad, None, None, None, None, None, None, None
+        return -grad if ctx.complement else grad, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------- the distribution
@@ -420,9 +417,16 @@ class ConditionalBernoulli(dist.TorchDistribution):
 
     @lazy_property
     def _working(self) -> torch.Tensor:
-        """[..., K] the working problem's logits: θ − c, or c − θ for the complement (float64)."""
+        """[..., K] the working problem's logits: θ − c, or c − θ for the complement (float64), differentiable: the
+        complement's log Z takes its sum."""
         centred = self.logits.to(COMPUTE_DTYPE) - self._shift
         return -centred if self._complement else centred
+
+    @lazy_property
+    def _working_data(self) -> torch.Tensor:
+        """[..., K] the working problem's logits without gradient (float64): what the tables are built from."""
+        centred = self._logits64 - self._shift
+        return centred.neg_() if self._complement else centred
 
     @property
     def _weight_dtype(self) -> torch.dtype:
@@ -436,7 +440,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
             zero = self.logits.new_zeros(self.batch_shape, dtype=COMPUTE_DTYPE)
             return zero, torch.zeros_like(self.logits, dtype=COMPUTE_DTYPE), zero, None
         holder = {}
-        log_z, mu, entropy = _Tables.apply(self.logits, self._logits64, self._shift, self._complement, self._working_k,
+        log_z, mu, entropy = _Tables.apply(self.logits, self._working_data, self._complement, self._working_k,
                                            self._weight_dtype, holder, self.at_most)
         return log_z, mu, entropy, holder["tree"]
 
@@ -447,7 +451,7 @@ class ConditionalBernoulli(dist.TorchDistribution):
         if "_solved" in self.__dict__:
             return self._solved[3]
         if "_inside" not in self.__dict__:
-            self._inside = Tree(self._working.detach(), self._working_k, self._weight_dtype, self.at_most)
+            self._inside = Tree(self._working_data, self._working_k, self._weight_dtype, self.at_most)
         return self._inside
 
     @property

@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import List
 
-from pyro_ncl.cli import split_run_args
+from pyro_ncl.cli import parse_launcher_args
 from pyro_ncl.designs import load_designs, override_knobs, plan, requested_config, setting_flags
 from pyro_ncl.frontier import REFERENCE, final_designs
 from pyro_ncl.frontier_report import final_report, header, learning_curve, record_page, selection_report
@@ -186,10 +186,9 @@ def main(args, run_args: List[str]) -> dict:
 
 
 def cli(argv=None) -> int:
-    own, run_args = split_run_args(argv)
-    args = parser().parse_args(own)
+    args = parse_launcher_args(parser(), argv)
     try:
-        main(args, run_args)
+        main(args, args.run_args)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pyro_ncl.cli import (OneLineParser, build_parser, config_from_args, exit_on_bad_input,  # noqa: E402
-                          split_run_args)
+                          parse_launcher_args)
 from pyro_ncl.config import FIELD_NAMES, Config  # noqa: E402
 from pyro_ncl.evaluation import RUN_METRICS  # noqa: E402
 from pyro_ncl.launcher import launch  # noqa: E402
@@ -169,7 +169,4 @@ def parser() -> OneLineParser:
 
 def cli(argv=None):
     """``experiments/sweep.py``'s command line: flags before ``--`` for the sweep, after it for every run."""
-    own, run_args = split_run_args(argv)
-    parsed = parser().parse_args(own)
-    parsed.run_args = run_args
-    return exit_on_bad_input(run_sweep, parsed)
+    return exit_on_bad_input(run_sweep, parse_launcher_args(parser(), argv))

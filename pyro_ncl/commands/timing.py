@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from pyro_ncl.cli import OneLineParser, exit_on_bad_input, split_run_args
+from pyro_ncl.cli import OneLineParser, exit_on_bad_input, parse_launcher_args
 from pyro_ncl.launcher import RUN_SVI, last_line
 from pyro_ncl.progress import format_duration
 from pyro_ncl.results_page import append_entry
@@ -70,7 +70,4 @@ def parser() -> argparse.ArgumentParser:
 
 def cli(argv=None):
     """Flags before ``--`` for the timing, after it for both runs."""
-    own, run_args = split_run_args(argv)
-    parsed = parser().parse_args(own)
-    parsed.run_args = run_args
-    return exit_on_bad_input(main, parsed)
+    return exit_on_bad_input(main, parse_launcher_args(parser(), argv))

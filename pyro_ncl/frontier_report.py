@@ -334,7 +334,7 @@ def _yes(flag: Optional[bool]) -> str:
 
 def record_page(page: Path, title: str, md: Path, png: Optional[Path] = None) -> str:
     """Append a stage's page (``md``: frontier.md, final.md or curve.md, its own title and command line left out,
-    its sections one level down) and its figure (copied beside ``page``, named by the date) to a results page as a
+    its sections one level down) and its figure (copied beside ``page``, named by the date, "-2", "-3", … for a later entry of the same day) to a results page as a
     dated entry (``pyro_ncl.results_page``)."""
     import datetime
     import shutil
@@ -345,7 +345,10 @@ def record_page(page: Path, title: str, md: Path, png: Optional[Path] = None) ->
     start = next((i + 1 for i, line in enumerate(lines) if line.startswith("Command:") or "; CPU:" in line), 1)
     body = [("#" + line) if line.startswith("## ") else line for line in lines[start:]]
     if png is not None and png.exists():
-        figure = page.parent / f"{page.stem}-{datetime.date.today().isoformat()}{png.suffix}"
+        stem = f"{page.stem}-{datetime.date.today().isoformat()}"
+        figure, n = page.parent / f"{stem}{png.suffix}", 2
+        while figure.exists():  # a second entry the same day: the first keeps its figure
+            figure, n = page.parent / f"{stem}-{n}{png.suffix}", n + 1
         figure.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, figure)
         body = [f"![{title}]({figure.name})", *body]

@@ -1,6 +1,7 @@
 """The frontier protocol: post-hoc baselines against brute force, the summary (mean ± std, Pareto front, goal
 check) against hand-made points, and frontier.py end to end on tiny runs (resumable, refuses foreign runs, and its
 measurements agree with each run's own end-of-run evaluation)."""
+import datetime
 import importlib
 import json
 import math
@@ -280,6 +281,11 @@ def test_frontier_refuses_bad_designs(tmp_path, frontier_here):
     assert not (tmp_path / "front" / "runs").exists()
     result = frontier_here(tmp_path, "--final")
     assert result.returncode == 2 and "selection.json is missing" in result.stderr
+    for lengths, message in ((("--lengths", "2,3"), "--epochs belongs to --lengths"),  # TINY_RUN_FLAGS has --epochs
+                             (("--lengths", "2,x"), "--lengths must be comma-separated integers, got '2,x'")):
+        result = frontier_here(tmp_path, *lengths)
+        assert result.returncode == 2 and message in result.stderr, (lengths, result.stderr)
+    assert not (tmp_path / "front" / "runs").exists()
 
 
 def test_the_final_reports_each_designs_chosen_point_not_the_last_of_a_sweep():
@@ -308,3 +314,57 @@ def test_budget_settings_count_only_for_parts_with_a_budget():
         assert changed_settings(saved, pinned) == (["budget_schedule", "budget_start"] if budgeted else [])
     relaxed = Config(method="bayesncl", guide="relaxed_st").resolved().to_dict()
     assert changed_settings(dict(relaxed, budget_schedule="geometric"), relaxed) == []
+
+
+def test_learning_curve_reads_each_length_against_its_own_ncl_runs(tmp_path):
+    """``--lengths``: a design's margin at each training length is read against the post-hoc cuts of the NCL runs of
+    that length, seed by seed, by hand: NCL's threshold front runs from (0.50, 0.70) to (0.60, 0.40) at 1 epoch and
+    from (0.70, 0.90) to (0.80, 0.50) at 3 epochs (the 1-epoch front read at the 3-epoch gate's kNN would give 0.40,
+    a margin of 0.15); curve.md, curve.json and curve.png are written, and two entries recorded the same day keep
+    a figure each."""
+    from pyro_ncl.designs import load_designs, plan
+    from pyro_ncl.frontier_report import learning_curve, record_page
+    from pyro_ncl.measure import MEASURE_VERSION
+
+    (tmp_path / "designs.yaml").write_text("ncl:\n  flags: {method: ncl}\n  posthoc: true\n"
+                                           "g:\n  flags: {method: bayesncl}\n  candidate: true\n")
+    designs = load_designs(tmp_path / "designs.yaml")
+    out = tmp_path / "front"
+    jobs = plan(designs, [0, 1], out, [1, 3])
+    assert sorted({(j["design"], j["epochs"], j["seed"], j["settings"]["epochs"]) for j in jobs}) == [
+        (d, e, s, e) for d in ("g", "ncl") for e in (1, 3) for s in (0, 1)]
+    ncl = {1: ((0.60, 0.40), (0.50, 0.70)), 3: ((0.80, 0.50), (0.70, 0.90))}  # features, threshold 0.5
+    gate = {1: (0.595, 0.50), 3: (0.79, 0.55)}
+
+    def row(variant, knn, cons, param=None):
+        return {"variant": variant, "param": param, "knn_accuracy": knn, "semantic_consistency": cons,
+                "weighted_consistency": cons / 2, "linear_probe_backbone": 0.8}
+    for job in jobs:
+        e, s = job["epochs"], job["seed"]
+        if job["design"] == "ncl":
+            rows = [row("features", *ncl[e][0]), row("threshold", *ncl[e][1], param=0.5)]
+        else:
+            rows = [row("mode", gate[e][0], gate[e][1] + 0.02 * s)]
+        job["dir"].mkdir(parents=True)
+        (job["dir"] / "frontier.json").write_text(json.dumps({"version": MEASURE_VERSION, "posthoc": job["posthoc"],
+                                                              "splits": {"val": rows}}))
+    learning_curve(jobs, out, "# Learning curve\n\nCommand: `python x.py`; abc; CPU: test", [1, 3])
+    entries = json.loads((out / "curve.json").read_text())["entries"]
+    got = {(e["design"], e["epochs"]): e for e in entries}
+    assert set(got) == {("ncl", 1), ("ncl", 3), ("g", 1), ("g", 3)}
+    for e, (front_knn, front_cons) in ((1, (0.50, 0.70)), (3, (0.70, 0.90))):
+        (knn_ncl, cons_ncl), (knn, cons) = ncl[e][0], gate[e]
+        level = front_cons + (cons_ncl - front_cons) * (knn - front_knn) / (knn_ncl - front_knn)
+        margins = got[("g", e)]["margins"]["posthoc"]
+        assert margins["margins"] == pytest.approx([cons - level, cons + 0.02 - level]), e
+        assert got[("g", e)]["weighted_margins"]["posthoc"]["margins"] == pytest.approx(
+            [cons / 2 - level / 2, (cons + 0.02) / 2 - level / 2]), e
+        assert got[("ncl", e)]["point"]["knn_accuracy"] == pytest.approx(knn_ncl)
+    assert (out / "curve.png").stat().st_size > 1000
+    assert "| g | 3 | test gate mode |" in (out / "curve.md").read_text()
+    page = tmp_path / "docs" / "curve.md"
+    first = record_page(page, "one", out / "curve.md", out / "curve.png")
+    second = record_page(page, "two", out / "curve.md", out / "curve.png")
+    day = datetime.date.today().isoformat()
+    assert f"(curve-{day}.png)" in first and f"(curve-{day}-2.png)" in second
+    assert sorted(p.name for p in page.parent.glob("*.png")) == [f"curve-{day}-2.png", f"curve-{day}.png"]

@@ -243,30 +243,36 @@ def learning_curve(jobs: List[dict], out: Path, header: str, lengths: List[int])
 
 
 def plot_curve(entries: List[dict], path: Path) -> None:
-    """Consistency (count-based, weighted) and kNN against the training length, one line per design (mean ± std
-    over seeds); dashed, in the design's colour: the post-hoc cuts' front at the design's own kNN (its consistency
-    minus its mean paired margin)."""
+    """Consistency (count-based, weighted) and kNN against the training length (log scale), one line per design
+    (mean ± std over seeds, the designs nudged apart along x so their bars do not hide each other); dashed, in the
+    design's colour, a bar marking each length: the post-hoc cuts' front at the design's own kNN (its consistency minus its mean
+    paired margin)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     panels = [("semantic_consistency", "posthoc", "margins", "semantic consistency"),
               ("weighted_consistency", "posthoc", "weighted_margins", "activation-weighted consistency"),
               ("knn_accuracy", None, None, "kNN accuracy")]
-    for i, design in enumerate(dict.fromkeys(e["design"] for e in entries)):
+    designs = list(dict.fromkeys(e["design"] for e in entries))
+    lengths = sorted({e["epochs"] for e in entries})
+    for i, design in enumerate(designs):
         mine = sorted((e for e in entries if e["design"] == design), key=lambda e: e["epochs"])
-        x = [e["epochs"] for e in mine]
+        x = [e["epochs"] * 1.04 ** (i - (len(designs) - 1) / 2) for e in mine]
         for ax, (metric, front, margins, title) in zip(axes, panels):
             ys = [e["point"][metric] for e in mine]
             ax.errorbar(x, ys, yerr=[e["point"][f"{metric}_std"] for e in mine], marker="o", capsize=3,
                         color=f"C{i}", label=design)
             if front and design != REFERENCE:
-                level = [y - e[margins][front]["mean"] if e[margins].get(front, {}).get("n") else math.nan
-                         for y, e in zip(ys, mine)]
-                ax.plot(x, level, linestyle="--", color=f"C{i}", alpha=0.7,
-                        label=f"post-hoc cuts at {design}'s kNN")
-            ax.set(xlabel="training epochs", title=title, xscale="log")
-            ax.set_xticks(x, [str(v) for v in x])
-    axes[0].legend(fontsize=7)
+                found = [e[margins].get(front, {}) for e in mine]
+                level = [y - m["mean"] if m.get("n") else math.nan for y, m in zip(ys, found)]
+                ax.plot(x, level, linestyle="--", marker="_", markersize=14, markeredgewidth=2, color=f"C{i}",
+                        alpha=0.6, label=f"post-hoc cuts at {design}'s kNN")
+    for ax, (_, _, _, title) in zip(axes, panels):
+        ax.set(xlabel="training epochs", title=title, xscale="log", xlim=(lengths[0] / 1.5, lengths[-1] * 1.5))
+        ax.set_xticks(lengths, [str(v) for v in lengths])
+        ax.minorticks_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(designs), fontsize=7, frameon=False)
     fig.suptitle("the gate against NCL sparsified after training, as the encoder trains (validation split)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

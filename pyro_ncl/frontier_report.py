@@ -200,8 +200,9 @@ def curve_entries(jobs: List[dict], lengths: List[int]) -> List[dict]:
     the NCL runs of the same length and over ncl_topk."""
     entries = []
     for epochs in lengths:
-        rows = collect([job for job in jobs if job["epochs"] == epochs], "val")
-        points = summarise(rows)
+        own = [job for job in jobs if job["epochs"] == epochs]
+        rows = collect(own, "val")
+        points = _order(summarise(rows), own)  # the selection page's order: a tie is broken as there
         ref = next((p for p in points if p["curve"] == REFERENCE), None)
         if ref is not None:
             entries.append({"epochs": epochs, "design": REFERENCE, "point": ref, "eligible": True, "margins": {},

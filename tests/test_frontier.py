@@ -320,8 +320,8 @@ def test_learning_curve_reads_each_length_against_its_own_ncl_runs(tmp_path):
     """``--lengths``: a design's margin at each training length is read against the post-hoc cuts of the NCL runs of
     that length, seed by seed, by hand: NCL's threshold front runs from (0.50, 0.70) to (0.60, 0.40) at 1 epoch and
     from (0.70, 0.90) to (0.80, 0.50) at 3 epochs (the 1-epoch front read at the 3-epoch gate's kNN would give 0.40,
-    a margin of 0.15); curve.md, curve.json and curve.png are written, and two entries recorded the same day keep
-    a figure each."""
+    a margin of 0.15); a tie is broken as on the selection page; curve.md, curve.json and curve.png are written, and
+    two entries recorded the same day keep a figure each."""
     from pyro_ncl.designs import load_designs, plan
     from pyro_ncl.frontier_report import learning_curve, record_page
     from pyro_ncl.measure import MEASURE_VERSION
@@ -344,7 +344,7 @@ def test_learning_curve_reads_each_length_against_its_own_ncl_runs(tmp_path):
         if job["design"] == "ncl":
             rows = [row("features", *ncl[e][0]), row("threshold", *ncl[e][1], param=0.5)]
         else:
-            rows = [row("mode", gate[e][0], gate[e][1] + 0.02 * s)]
+            rows = [row("mode", gate[e][0], gate[e][1] + 0.02 * s), row("mean", gate[e][0], gate[e][1] + 0.02 * s)]
         job["dir"].mkdir(parents=True)
         (job["dir"] / "frontier.json").write_text(json.dumps({"version": MEASURE_VERSION, "posthoc": job["posthoc"],
                                                               "splits": {"val": rows}}))
@@ -361,7 +361,9 @@ def test_learning_curve_reads_each_length_against_its_own_ncl_runs(tmp_path):
             [cons / 2 - level / 2, (cons + 0.02) / 2 - level / 2]), e
         assert got[("ncl", e)]["point"]["knn_accuracy"] == pytest.approx(knn_ncl)
     assert (out / "curve.png").stat().st_size > 1000
-    assert "| g | 3 | test gate mode |" in (out / "curve.md").read_text()
+    # the mean and the mode tie; the selection page's order breaks the tie (variants alphabetically: the mean)
+    assert "| g | 3 | test gate mean |" in (out / "curve.md").read_text()
+    assert [got[("g", e)]["point"]["variant"] for e in (1, 3)] == ["mean", "mean"]
     page = tmp_path / "docs" / "curve.md"
     first = record_page(page, "one", out / "curve.md", out / "curve.png")
     second = record_page(page, "two", out / "curve.md", out / "curve.png")

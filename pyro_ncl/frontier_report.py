@@ -246,8 +246,8 @@ def learning_curve(jobs: List[dict], out: Path, header: str, lengths: List[int])
 def plot_curve(entries: List[dict], path: Path) -> None:
     """Consistency (count-based, weighted) and kNN against the training length (log scale), one line per design
     (mean ± std over seeds, the designs nudged apart along x so their bars do not hide each other); dashed, in the
-    design's colour, a bar marking each length: the post-hoc cuts' front at the design's own kNN (its consistency minus its mean
-    paired margin)."""
+    design's colour, a bar marking each length: the post-hoc cuts' front at the design's own kNN (its consistency
+    minus its mean paired margin)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     panels = [("semantic_consistency", "posthoc", "margins", "semantic consistency"),
               ("weighted_consistency", "posthoc", "weighted_margins", "activation-weighted consistency"),
@@ -341,8 +341,8 @@ def _yes(flag: Optional[bool]) -> str:
 
 def record_page(page: Path, title: str, md: Path, png: Optional[Path] = None) -> str:
     """Append a stage's page (``md``: frontier.md, final.md or curve.md, its own title and command line left out,
-    its sections one level down) and its figure (copied beside ``page``, named by the date, "-2", "-3", … for a later entry of the same day) to a results page as a
-    dated entry (``pyro_ncl.results_page``)."""
+    its sections one level down) and its figure (copied beside ``page``, named by the date, "-2", "-3", … for a
+    later entry of the same day) to a results page as a dated entry (``pyro_ncl.results_page``)."""
     import datetime
     import shutil
 

@@ -24,7 +24,8 @@ COLUMNS = [("knn_accuracy", "kNN"), ("linear_probe_features", "linear (features)
            ("linear_probe_backbone", "linear (h)"), ("semantic_consistency", "consistency"),
            ("weighted_consistency", "weighted cons."), ("active_dims", "active dims"),
            ("active_per_image", "active / image"), ("open_gates_per_image", "open gates / image"),
-           ("posterior_entropy", "entropy / image"), ("uncertain_images", "uncertain images"),
+           ("posterior_entropy", "entropy / image"), ("doubt_entropy", "doubt / image"),
+           ("uncertain_images", "uncertain images"), ("uncertain_active_images", "uncertain (active) images"),
            ("closed_active", "closed active"), ("background_leakage", "leakage")]
 MARGINS = [("threshold", "NCL+threshold"), ("top_k", "NCL+top-k"), ("posthoc", "all post-hoc"),
            ("trained_top_k", "ncl_topk")]

@@ -256,6 +256,14 @@ def test_frontier_end_to_end(tmp_path, frontier_here):
     assert set(record["splits"]) == {"val", "test"}
     report = (front / "final.md").read_text()
     assert "test split" in report and "## Goal check of the default `gate`" in report
+    # the entropy beside its doubt (the part on z's non-zero entries), as the run measured them on the test split
+    header_row = next(line for line in report.splitlines() if line.startswith("| curve |")).split(" | ")
+    variant = json.loads((front / "selection.json").read_text())["designs"]["gate"]["variant"]
+    gate_row = next(line for line in report.splitlines() if line.startswith(f"| gate ({variant})")).split(" | ")
+    measured = next(r for r in record["splits"]["test"] if r["variant"] == variant)
+    for column, key in (("entropy / image", "posterior_entropy"), ("doubt / image", "doubt_entropy"),
+                        ("uncertain (active) images", "uncertain_active_images")):
+        assert float(gate_row[header_row.index(column)]) == pytest.approx(measured[key], abs=0.01), column
     # a folder holding a run with other settings is refused, not reused
     (tmp_path / "designs.yaml").write_text(DESIGNS.replace("kl_weight: 0.01", "kl_weight: 0.02"))
     refused = frontier_here(tmp_path, "--val-size", "500", "--designs", "ncl,gate")
